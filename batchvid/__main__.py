@@ -1,0 +1,7 @@
+"""``python -m batchvid``: the same as the ``batchvid`` command."""
+
+from __future__ import annotations
+
+from .cli import main
+
+main()

@@ -1,0 +1,152 @@
+"""The one exception tree of batchvid.
+
+::
+
+    BatchvidError
+    ├── ManifestError          the manifest cannot be used (carries every Issue found)
+    ├── LedgerError            the ledger is missing, locked, corrupt or asked something illegal
+    │   └── IllegalTransition  a job state change that the state machine forbids
+    ├── ApiError               CometAPI answered with an error, or did not answer
+    │   ├── AuthError          401: the key is missing or refused; stop everything
+    │   ├── RejectedError      400: the request is wrong; retrying cannot help
+    │   │   └── TaskNotFound   400 task_not_exist: the task id is unknown upstream
+    │   ├── RetryableError     429, 5xx, connect errors: the request provably did no work
+    │   │   └── RateLimited    429, with the server's Retry-After if it gave one
+    │   └── InDoubtError       a create was sent but its answer was lost: a task may exist
+    └── DownloadError          a video could not be fetched or verified
+        └── UrlExpired         the signed URL is refused or expired: re-query the task
+
+The library raises only these (``raise ... from exc`` at every boundary); the
+CLI turns them into messages and exit codes in one place.  No exception ever
+carries the API key: messages are built from the server's text and our own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ApiError",
+    "AuthError",
+    "BatchvidError",
+    "DownloadError",
+    "IllegalTransition",
+    "InDoubtError",
+    "Issue",
+    "LedgerError",
+    "ManifestError",
+    "RateLimited",
+    "RejectedError",
+    "RetryableError",
+    "TaskNotFound",
+    "UrlExpired",
+]
+
+
+class BatchvidError(Exception):
+    """Base class of every error batchvid raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One problem found in a manifest, located at ``file:line``.
+
+    ``path`` is the dotted path of the offending field (``prompts[2].seconds``);
+    ``severity`` is ``"error"`` (blocks the batch) or ``"warning"`` (reported only).
+    """
+
+    file: str
+    line: int
+    path: str
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        field = f" {self.path}:" if self.path else ""
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{where}:{field} {prefix}{self.message}"
+
+
+class ManifestError(BatchvidError):
+    """The manifest is invalid; ``issues`` lists every error (and warning) found."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues = issues
+        errors = [i for i in issues if i.severity == "error"]
+        first = str(errors[0]) if errors else "invalid manifest"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(first + more)
+
+
+class LedgerError(BatchvidError):
+    """The ledger cannot be opened, is not a batchvid ledger, or was asked something illegal."""
+
+
+class IllegalTransition(LedgerError):
+    """A job was asked to move between two states the state machine does not connect."""
+
+
+class ApiError(BatchvidError):
+    """An error answer (or a missing answer) from CometAPI.
+
+    ``status`` is the HTTP status (``None`` when no answer arrived), ``code`` the
+    API's error code when it gave one, ``message`` the API's own words.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        label = f"HTTP {status}" if status is not None else "no answer"
+        detail = f"{code}: {message}" if code and code not in message else message
+        super().__init__(f"{label}: {detail}")
+
+
+class AuthError(ApiError):
+    """401: the API key is missing or was refused. Nothing more should be sent."""
+
+
+class RejectedError(ApiError):
+    """400: the API refused the request itself (a wrong field, a wrong model)."""
+
+
+class TaskNotFound(RejectedError):
+    """400 ``task_not_exist``: the task id is not known to the API."""
+
+
+class RetryableError(ApiError):
+    """The request did no work upstream (429, 5xx, connection refused): safe to repeat.
+
+    ``retry_after`` is the server's hint in seconds, when it gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code)
+        self.retry_after = retry_after
+
+
+class RateLimited(RetryableError):
+    """429: too many requests. ``retry_after`` says how long the server asked us to wait."""
+
+
+class InDoubtError(ApiError):
+    """A create request was sent but its answer was lost: a (billed) task may exist.
+
+    Never retried automatically; the ledger records the job as ``in_doubt``.
+    """
+
+
+class DownloadError(BatchvidError):
+    """A video could not be downloaded or did not verify (size, truncation)."""
+
+
+class UrlExpired(DownloadError):
+    """The signed ``video_url`` was refused (403/410) or has expired: query the task again."""
