@@ -327,8 +327,12 @@ class _Expander:
 
     def model_was_invalid(self, entry: PromptEntry) -> bool:
         """Whether a model was written somewhere for this prompt but failed to parse."""
-        watched = ("defaults.model", "matrix.model", f"{entry.path}.model",
-                   f"{entry.path}.matrix.model")
+        watched = (
+            "defaults.model",
+            "matrix.model",
+            f"{entry.path}.model",
+            f"{entry.path}.matrix.model",
+        )
         invalid = self.m.invalid
         return "defaults" in invalid or any(p.startswith(watched) for p in invalid)
 

@@ -43,7 +43,9 @@ def write_manifest(path: Path, jobs: int) -> int:
         "prompts:",
     ]
     for i in range(prompts):
-        lines.append(f'  - "Shot {i}: a slow dolly across a harbour at dawn, gulls overhead, {{style}}"')
+        lines.append(
+            f'  - "Shot {i}: a slow dolly across a harbour at dawn, gulls overhead, {{style}}"'
+        )
     path.write_text("\n".join(lines) + "\n")
     return prompts * per_prompt
 

@@ -47,7 +47,10 @@ def test_matrix_example_plan_json_lists_the_expected_jobs() -> None:
     } <= set(job)  # fmt: skip
     assert data["totals"]["output_seconds"] == sum(j["seconds"] for j in data["jobs"])
     assert data["totals"]["cost_usd"] == pytest.approx(17.92)
-    assert set(data["totals"]["by_model"]) == {"doubao-seedance-2-0-fast", "doubao-seedance-1-5-pro"}
+    assert set(data["totals"]["by_model"]) == {
+        "doubao-seedance-2-0-fast",
+        "doubao-seedance-1-5-pro",
+    }
 
 
 def test_image_example_lists_references_in_order() -> None:
@@ -85,15 +88,22 @@ def test_invalid_manifest_exits_2_with_located_errors_on_stderr(tmp_path: Path) 
         assert code == 2
         assert out == ""
         lines = err.splitlines()
-        assert f"{path}:2: defaults.resolutoin: unknown API field (did you mean `resolution`?)" in lines
-        assert any(line.startswith(f"{path}:5: prompts[0].seconds: 12 s is outside") for line in lines)
+        assert (
+            f"{path}:2: defaults.resolutoin: unknown API field (did you mean `resolution`?)"
+            in lines
+        )
+        assert any(
+            line.startswith(f"{path}:5: prompts[0].seconds: 12 s is outside") for line in lines
+        )
         assert lines[-1] == "2 errors: nothing was submitted"
         assert "Traceback" not in err
 
 
 def test_warnings_do_not_fail(tmp_path: Path) -> None:
     path = tmp_path / "w.yaml"
-    path.write_text("batch: b\ndefaults: {model: doubao-seedance-2-0, size: 1920x1080}\nprompts: [x]\n")
+    path.write_text(
+        "batch: b\ndefaults: {model: doubao-seedance-2-0, size: 1920x1080}\nprompts: [x]\n"
+    )
     code, out, err = invoke("validate", str(path))
     assert code == 0 and "warning:" in err and "valid: 1 job," in out
 

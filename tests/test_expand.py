@@ -160,7 +160,9 @@ def test_keys_are_stable_when_prompts_and_matrix_values_are_reordered(tmp_path: 
     )
 
     def by_key(plan: Plan) -> dict[str, tuple[str, str, int, str, str, int]]:
-        return {j.key: (j.prompt, j.model, j.seconds, j.size, j.resolution, j.take) for j in plan.jobs}
+        return {
+            j.key: (j.prompt, j.model, j.seconds, j.size, j.resolution, j.take) for j in plan.jobs
+        }
 
     assert by_key(original) == by_key(reordered)
     assert [j.key for j in original.jobs] != [j.key for j in reordered.jobs]
@@ -169,7 +171,10 @@ def test_keys_are_stable_when_prompts_and_matrix_values_are_reordered(tmp_path: 
 def test_keys_depend_on_reference_bytes_not_names(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(PNG)
     (tmp_path / "copy.png").write_bytes(PNG)
-    text = "batch: b\ndefaults: {model: doubao-seedance-2-0}\nprompts:\n  - prompt: x\n    input_reference: %s\n"
+    text = (
+        "batch: b\ndefaults: {model: doubao-seedance-2-0}\nprompts:\n"
+        "  - prompt: x\n    input_reference: %s\n"
+    )
     first = plan_of(tmp_path, text % "a.png").jobs[0].key
     assert plan_of(tmp_path, text % "copy.png", name="n.yaml").jobs[0].key == first
     (tmp_path / "a.png").write_bytes(PNG + b"changed")

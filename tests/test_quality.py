@@ -16,7 +16,9 @@ BIN = Path(sys.executable).parent
 def tool(name: str) -> str:
     path = shutil.which(name, path=str(BIN)) or shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed: install the dev group (pip install -e . --group dev)")
+        pytest.skip(
+            f"{name} is not installed: install the dev group (pip install -e . --group dev)"
+        )
     return path
 
 

@@ -1,0 +1,235 @@
+"""What the ledger takes in and hands out: typed rows, no SQL.
+
+``JobInput`` is the shape :meth:`batchvid.ledger.Ledger.upsert_jobs` accepts
+(``expand.JobSpec`` fits it as is); ``JobRow``, ``BatchRow`` and ``Event`` are
+what its queries return.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from .request import VideoRequest
+from .states import JobState
+
+__all__ = [
+    "JOB_COLUMNS",
+    "BatchRow",
+    "Event",
+    "JobInput",
+    "JobRow",
+    "NewJob",
+    "ReferenceInput",
+    "StoredReference",
+    "references_json",
+    "utc_iso",
+]
+
+
+class ReferenceInput(Protocol):
+    """A reference image as the expander knows it (``manifest.Reference`` fits)."""
+
+    @property
+    def path(self) -> Path | str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+
+
+class JobInput(Protocol):
+    """One expanded job to record (``expand.JobSpec`` fits); ``index`` becomes ``idx``."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def take(self) -> int: ...
+    @property
+    def prompt_id(self) -> str | None: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def seconds(self) -> int: ...
+    @property
+    def size(self) -> str: ...
+    @property
+    def resolution(self) -> str: ...
+    @property
+    def references(self) -> Sequence[ReferenceInput]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReference:
+    """A reference image as recorded: its path (as a string), sha256 and content type."""
+
+    path: str
+    sha256: str
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A plain :class:`JobInput`, for callers that do not come from the expander."""
+
+    key: str
+    index: int
+    prompt: str
+    model: str
+    seconds: int = 5
+    size: str = "16:9"
+    resolution: str = "720p"
+    take: int = 1
+    prompt_id: str | None = None
+    references: tuple[StoredReference, ...] = field(default=())
+
+
+def utc_iso(t: float) -> str:
+    """Unix seconds as the ledger's ``..._utc`` text: ``2026-04-20T10:32:29.123Z``."""
+    sec, ms = divmod(round(t * 1000), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ms:03d}Z"
+
+
+def references_json(refs: Sequence[ReferenceInput]) -> str:
+    """The ``jobs.references_json`` text for a job's reference images, in upload order."""
+    if not refs:
+        return "[]"
+    return json.dumps(
+        [{"path": str(r.path), "sha256": r.sha256, "content_type": r.content_type} for r in refs]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One row of ``jobs``; field names are the column names.
+
+    Times named ``..._utc`` are ISO-8601 UTC strings; ``..._at`` are unix seconds.
+    """
+
+    id: int
+    batch: str
+    key: str
+    idx: int
+    take: int
+    prompt_id: str | None
+    prompt: str
+    model: str
+    seconds: int
+    size: str
+    resolution: str
+    references_json: str
+    est_cost_usd: float | None
+    state: JobState
+    task_id: str | None
+    attempts: int
+    billable_attempts: int
+    remote_status: str | None
+    progress: int | None
+    polls: int
+    next_poll_at: float | None
+    watch_started_at: float | None
+    video_url: str | None
+    video_url_expires_at: float | None
+    file_path: str | None
+    bytes: int | None
+    sha256: str | None
+    error_code: str | None
+    error_message: str | None
+    download_errors: int
+    created_utc: str
+    submitted_utc: str | None
+    queued_utc: str | None
+    started_utc: str | None
+    completed_utc: str | None
+    downloaded_utc: str | None
+    finished_utc: str | None
+    updated_utc: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row | tuple[Any, ...]) -> JobRow:
+        """Build from a row selected as ``SELECT {JOB_COLUMNS} FROM jobs`` (that order)."""
+        values: list[Any] = list(row)
+        values[_STATE] = JobState(values[_STATE])
+        return cls(*values)
+
+    @property
+    def references(self) -> tuple[StoredReference, ...]:
+        return tuple(StoredReference(**r) for r in json.loads(self.references_json))
+
+    def to_request(self) -> VideoRequest:
+        """The create request this job sends (references as paths, in upload order)."""
+        return VideoRequest(
+            self.prompt,
+            self.model,
+            self.seconds,
+            self.size,
+            self.resolution,
+            tuple(Path(r.path) for r in self.references),
+        )
+
+
+#: The ``jobs`` columns in :class:`JobRow` field order, for ``SELECT``.
+JOB_COLUMNS: Final = ", ".join(f.name for f in fields(JobRow))
+_STATE: Final = [f.name for f in fields(JobRow)].index("state")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """One row of ``batches``, with its JSON columns decoded."""
+
+    name: str
+    manifest_path: str
+    manifest_sha256: str
+    output_dir: str
+    limits: dict[str, Any]
+    pricing: dict[str, Any]
+    budget_usd: float | None
+    created_utc: str
+    updated_utc: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> BatchRow:
+        return cls(
+            name=row["name"],
+            manifest_path=row["manifest_path"],
+            manifest_sha256=row["manifest_sha256"],
+            output_dir=row["output_dir"],
+            limits=json.loads(row["limits_json"]),
+            pricing=json.loads(row["pricing_json"]),
+            budget_usd=row["budget_usd"],
+            created_utc=row["created_utc"],
+            updated_utc=row["updated_utc"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One committed state change of a job (``detail`` is the decoded ``detail_json``)."""
+
+    id: int
+    job_id: int
+    from_state: JobState
+    to_state: JobState
+    at_utc: str
+    detail: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Event:
+        detail = row["detail_json"]
+        return cls(
+            id=row["id"],
+            job_id=row["job_id"],
+            from_state=JobState(row["from_state"]),
+            to_state=JobState(row["to_state"]),
+            at_utc=row["at_utc"],
+            detail=json.loads(detail) if detail is not None else None,
+        )

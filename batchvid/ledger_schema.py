@@ -1,0 +1,158 @@
+"""The ledger's file: opening it (WAL, pragmas) and its append-only schema migrations.
+
+Every ``m00N_...`` step is registered with ``sqlite_utils.Migrations("batchvid")``
+and runs once, in a transaction, recorded in ``_sqlite_migrations``.  Never
+edit a step that has shipped: append a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import sqlite_utils
+
+from .errors import LedgerError
+
+__all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS", "open_connection"]
+
+#: How long a writer waits for another process's transaction before giving up.
+BUSY_TIMEOUT_MS: Final = 10_000
+
+MIGRATIONS: Final = sqlite_utils.Migrations("batchvid")
+_MIGRATION_NAMES: list[str] = []
+
+
+def _migration(fn: Callable[[sqlite_utils.Database], None]) -> None:
+    """Register a schema step.  Append only; never edit one that has shipped."""
+    MIGRATIONS()(fn)
+    _MIGRATION_NAMES.append(fn.__name__)
+
+
+def m001_initial(db: sqlite_utils.Database) -> None:
+    """Batches, their jobs, and every job's state changes."""
+    db.execute("""
+        CREATE TABLE batches (
+            name TEXT PRIMARY KEY,
+            manifest_path TEXT NOT NULL,
+            manifest_sha256 TEXT NOT NULL,
+            output_dir TEXT NOT NULL,
+            limits_json TEXT NOT NULL DEFAULT '{}',
+            pricing_json TEXT NOT NULL DEFAULT '{}',
+            budget_usd REAL,
+            created_utc TEXT NOT NULL,
+            updated_utc TEXT NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            batch TEXT NOT NULL REFERENCES batches (name),
+            key TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            take INTEGER NOT NULL DEFAULT 1,
+            prompt_id TEXT,
+            prompt TEXT NOT NULL,
+            model TEXT NOT NULL,
+            seconds INTEGER NOT NULL,
+            size TEXT NOT NULL,
+            resolution TEXT NOT NULL,
+            references_json TEXT NOT NULL DEFAULT '[]',
+            est_cost_usd REAL,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'submitting',
+                'in_doubt', 'queued', 'in_progress', 'completed', 'downloaded', 'failed',
+                'rejected', 'stalled')),
+            task_id TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            billable_attempts INTEGER NOT NULL DEFAULT 0 CHECK (billable_attempts >= 0),
+            remote_status TEXT,
+            progress INTEGER,
+            polls INTEGER NOT NULL DEFAULT 0,
+            next_poll_at REAL,
+            watch_started_at REAL,
+            video_url TEXT,
+            video_url_expires_at REAL,
+            file_path TEXT,
+            bytes INTEGER,
+            sha256 TEXT,
+            error_code TEXT,
+            error_message TEXT,
+            download_errors INTEGER NOT NULL DEFAULT 0,
+            created_utc TEXT NOT NULL,
+            submitted_utc TEXT,
+            queued_utc TEXT,
+            started_utc TEXT,
+            completed_utc TEXT,
+            downloaded_utc TEXT,
+            finished_utc TEXT,
+            updated_utc TEXT NOT NULL,
+            UNIQUE (batch, key)
+        )""")
+    db.execute("CREATE INDEX jobs_batch_state ON jobs (batch, state, idx)")
+    db.execute("CREATE INDEX jobs_batch_idx ON jobs (batch, idx)")
+    db.execute("CREATE INDEX jobs_state_next_poll ON jobs (state, next_poll_at)")
+    db.execute("""
+        CREATE INDEX jobs_render_history ON jobs (model, seconds, resolution, completed_utc)
+        WHERE completed_utc IS NOT NULL AND queued_utc IS NOT NULL""")
+    db.execute("""
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL REFERENCES jobs (id),
+            from_state TEXT NOT NULL,
+            to_state TEXT NOT NULL,
+            at_utc TEXT NOT NULL,
+            detail_json TEXT
+        )""")
+    db.execute("CREATE INDEX events_job ON events (job_id, id)")
+
+
+_migration(m001_initial)
+
+
+def open_connection(path: Path) -> sqlite3.Connection:
+    """Open (creating folders and file if need be), configure and migrate a ledger file.
+
+    The connection is in autocommit mode (``isolation_level=None``): every
+    write is an explicit ``BEGIN IMMEDIATE ... COMMIT``.  WAL lets readers
+    (``status``) run beside the writer; ``synchronous=FULL`` fsyncs every
+    commit, so a committed intent survives a power cut, not just a kill.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise LedgerError(f"ledger {path}: WAL mode unavailable (got {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn, path)
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    db = sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
+    unknown = [m.name for m in MIGRATIONS.applied(db) if m.name not in _MIGRATION_NAMES]
+    if unknown:
+        raise LedgerError(f"ledger {path} was written by a newer batchvid (migrations {unknown})")
+    if not MIGRATIONS.pending(db):
+        return
+    # One opener migrates; a concurrent one waits for the lock, then finds nothing pending.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        MIGRATIONS.apply(db)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
