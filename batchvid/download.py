@@ -1,0 +1,260 @@
+"""Streaming a finished video to disk, safely and resumably.
+
+One attempt (:func:`fetch_once`) streams into ``dest + ".part"``; if a
+``.part`` is already there it asks for the rest with ``Range: bytes=N-`` and
+appends when the server answers 206, or starts over when it answers 200.  The
+byte count is checked against ``Content-Length`` (or the total of
+``Content-Range``); a short body keeps the ``.part`` and raises
+:class:`TransferInterrupted` so the next attempt resumes.  A complete file is
+fsynced, renamed over ``dest`` with ``os.replace`` and its directory fsynced:
+nothing half-written ever carries the final name.
+
+Which status means what (403 = the signed URL expired, 5xx = try again...) is
+decided by plain functions here; retries and URL refreshes are looped by the
+client (``CometClient.download``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final
+
+import anyio.to_thread
+import httpx
+
+from .errors import DownloadError, UrlExpired
+
+__all__ = [
+    "DownloadResult",
+    "Opener",
+    "TransferInterrupted",
+    "WritePlan",
+    "download_problem",
+    "fetch_once",
+    "parse_content_range",
+    "part_path",
+    "plan_write",
+]
+
+#: Opens one GET (with the extra headers given, e.g. ``Range``) as a streaming response.
+Opener = Callable[[Mapping[str, str]], AbstractAsyncContextManager[httpx.Response]]
+
+# Error bodies are read only this far: enough for a message, never a video.
+_ERROR_BODY_LIMIT: Final = 4096
+
+
+class TransferInterrupted(DownloadError):
+    """The transfer broke off (short body, dropped connection, 5xx, 429).
+
+    The ``.part`` file is kept; repeating the download resumes it.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadResult:
+    """A verified file on disk under its final name."""
+
+    path: Path
+    size: int
+    sha256: str
+    #: The byte the last (successful) attempt resumed from; 0 = a whole-file transfer.
+    resumed_from: int = 0
+    #: Attempts it took, the successful one included.
+    attempts: int = 1
+    #: How many times the signed URL was refused and fetched afresh.
+    refreshes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    """Where to write a response's body, and how long the file must end up."""
+
+    #: Byte offset the body starts at (0 = truncate the ``.part`` and start over).
+    start: int
+    #: The complete file's size, when the server told us.
+    total: int | None
+
+
+def part_path(dest: Path) -> Path:
+    """The temporary name a download is written under until it is complete."""
+    return dest.with_name(dest.name + ".part")
+
+
+_CONTENT_RANGE: Final = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """``(first, last, total)`` from ``Content-Range: bytes first-last/total``."""
+    if value is None:
+        return None
+    match = _CONTENT_RANGE.match(value)
+    if match is None:
+        return None
+    first, last, total = match.groups()
+    return int(first), int(last), None if total == "*" else int(total)
+
+
+def _content_length(headers: httpx.Headers) -> int | None:
+    value = headers.get("content-length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+def plan_write(status: int, headers: httpx.Headers, offset: int) -> WritePlan:
+    """Decide how a 200 or 206 answer continues a ``.part`` of ``offset`` bytes.
+
+    Raises :class:`TransferInterrupted` (after which the caller starts over)
+    when a 206 does not continue exactly where the ``.part`` ends.
+    """
+    length = _content_length(headers)
+    if headers.get("content-encoding", "identity").strip().lower() != "identity":
+        # We asked for identity; a body encoded anyway is decoded as it comes,
+        # and its decoded size cannot be checked against the encoded length.
+        length = None
+        if status == 206:
+            raise TransferInterrupted("an encoded partial answer cannot be resumed")
+    if status == 200:
+        return WritePlan(start=0, total=length)
+    parsed = parse_content_range(headers.get("content-range"))
+    if parsed is None:
+        raise TransferInterrupted("206 answer without a readable Content-Range")
+    first, last, total = parsed
+    if first != offset:
+        raise TransferInterrupted(f"asked to resume at byte {offset}, the server sent {first}")
+    if length is not None and length != last - first + 1:
+        raise TransferInterrupted("Content-Length disagrees with Content-Range")
+    return WritePlan(start=first, total=total if total is not None else last + 1)
+
+
+def download_problem(status: int, body: bytes) -> DownloadError:
+    """The error a non-200/206 download answer stands for.
+
+    401/403/410, or a body that says the URL expired: :class:`UrlExpired`
+    (re-query the task).  408, 429 and 5xx: :class:`TransferInterrupted` (try
+    again).  Anything else: a plain :class:`DownloadError`.
+    """
+    text = body[:_ERROR_BODY_LIMIT].decode("utf-8", errors="replace").strip()
+    snippet = " ".join(text.split())[:200]
+    detail = f"HTTP {status}" + (f": {snippet}" if snippet else "")
+    if status in (401, 403, 410) or "expire" in text.lower():
+        return UrlExpired(f"the download URL was refused ({detail})")
+    if status in (408, 429) or status >= 500:
+        return TransferInterrupted(f"the download server failed ({detail})")
+    return DownloadError(f"the download failed ({detail})")
+
+
+async def fetch_once(open_: Opener, dest: Path) -> DownloadResult:
+    """One download attempt into ``dest`` via ``dest.part``; see the module docs.
+
+    Raises :class:`UrlExpired`, :class:`TransferInterrupted` (``.part`` kept
+    for a resume) or :class:`DownloadError`.
+    """
+    part = part_path(dest)
+    await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True))
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        async with open_(headers) as response:
+            if response.status_code == 416 and offset:
+                return await _finish_unsatisfiable(response, part, dest, offset)
+            if response.status_code not in (200, 206):
+                raise download_problem(response.status_code, await _read_limited(response))
+            try:
+                plan = plan_write(response.status_code, response.headers, offset)
+            except TransferInterrupted:
+                part.unlink(missing_ok=True)
+                raise
+            size = await _stream_into(response, part, plan)
+    except httpx.TransportError as exc:
+        raise TransferInterrupted(
+            f"the download broke off ({type(exc).__name__}); the partial file is kept"
+        ) from exc
+    if plan.total is not None and size != plan.total:
+        if size > plan.total:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"received {size} bytes, more than the announced {plan.total}")
+        raise TransferInterrupted(
+            f"received {size} of {plan.total} bytes; the partial file is kept"
+        )
+    digest = await anyio.to_thread.run_sync(_commit, part, dest)
+    return DownloadResult(path=dest, size=size, sha256=digest, resumed_from=plan.start)
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) >= _ERROR_BODY_LIMIT:
+            break
+    return bytes(body)
+
+
+async def _finish_unsatisfiable(
+    response: httpx.Response, part: Path, dest: Path, offset: int
+) -> DownloadResult:
+    """416 to our Range: the ``.part`` may already be complete, or be junk."""
+    parsed = parse_content_range(response.headers.get("content-range"))
+    total = parsed[2] if parsed else _unsatisfied_total(response.headers.get("content-range"))
+    if total is not None and total == offset:
+        digest = await anyio.to_thread.run_sync(_commit, part, dest)
+        return DownloadResult(path=dest, size=offset, sha256=digest, resumed_from=offset)
+    part.unlink(missing_ok=True)
+    raise TransferInterrupted("the partial file does not match the server's; starting over")
+
+
+def _unsatisfied_total(value: str | None) -> int | None:
+    """The total from a 416's ``Content-Range: bytes */total``."""
+    if value is None:
+        return None
+    match = re.match(r"^\s*bytes\s+\*/(\d+)\s*$", value, re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+async def _stream_into(response: httpx.Response, part: Path, plan: WritePlan) -> int:
+    """Write the body at ``plan.start`` of ``part``; the ``.part``'s size afterwards."""
+    mode = "ab" if plan.start else "wb"
+    with part.open(mode) as fh:
+        try:
+            # Every chunk is written as soon as it arrives (no chunk_size: no
+            # buffering), so a broken transfer keeps all it got.  We asked for
+            # identity encoding, so these are the bytes Content-Length counts.
+            # Page-cache writes are fast; fsync runs in a worker thread in _commit.
+            async for chunk in response.aiter_bytes():
+                fh.write(chunk)
+        finally:
+            fh.flush()
+        return fh.tell()
+
+
+def _commit(part: Path, dest: Path) -> str:
+    """fsync ``part``, rename it to ``dest``, fsync the directory; the file's sha256."""
+    digest = hashlib.sha256()
+    with part.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+        _fsync(fh)
+    os.replace(part, dest)
+    _fsync_dir(dest.parent)
+    return digest.hexdigest()
+
+
+def _fsync(fh: BinaryIO) -> None:
+    os.fsync(fh.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Not every platform lets a directory be opened and fsynced (Windows).
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
