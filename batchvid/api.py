@@ -50,6 +50,7 @@ __all__ = [
     "backoff_hint",
     "encode_multipart",
     "error_from_transport",
+    "failure_reason",
     "never_sent",
     "normalise_status",
     "parse_error",
@@ -174,6 +175,25 @@ def parse_task(body: Mapping[str, Any] | bytes | str) -> Task:
         error_detail=_failure_detail(body),
         raw=dict(body),
     )
+
+
+def failure_reason(task: Task) -> tuple[str | None, str]:
+    """A failed task's ``(code, message)`` for people, whatever shape the details took.
+
+    An ``error`` object gives its code and message; a reason string is the
+    message; with no details at all, the status itself is the reason.  The
+    code falls back to the raw status (``FAILED``/``ERROR``).
+    """
+    status = task.raw_status or task.status.value
+    for key in FAILURE_KEYS:
+        value = task.raw.get(key)
+        if isinstance(value, Mapping):
+            code = value.get("code") or value.get("type")
+            message = value.get("message") or task.error_detail or ""
+            return (str(code) if code else status), str(message)
+        if isinstance(value, str) and value.strip():
+            return status, value.strip()
+    return status, task.error_detail or f"the provider reported {status} with no reason"
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

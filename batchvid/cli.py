@@ -181,6 +181,13 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
+from .cli_run import retry, run, status  # noqa: E402  (commands register on the group)
+from .cli_simulator import simulator  # noqa: E402
+
+for _command in (run, status, retry, simulator):
+    cli.add_command(_command)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="batchvid")

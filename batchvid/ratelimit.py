@@ -3,7 +3,10 @@
 Two mechanisms, each doing one job:
 
 * a **sliding-window log** of grant times is the hard guarantee: never more
-  than ``rate`` grants in any ``window``-second interval (``[t, t + window)``);
+  than ``rate`` grants in any ``window``-second interval (``[t, t + window)``),
+  checked over ``window + slack`` so that uneven network delays (a first
+  request that waited on a TLS handshake, later ones on a warm connection)
+  cannot make the *server* count one more than the limit in its own window;
 * a **token bucket** (capacity ``burst``, refilled at the *effective* rate)
   paces grants smoothly and allows a small burst after idle time.
 
@@ -28,6 +31,7 @@ import anyio
 
 __all__ = [
     "DEFAULT_BURST",
+    "DEFAULT_SLACK",
     "RateLimiter",
     "RateState",
     "RateStats",
@@ -38,6 +42,8 @@ __all__ = [
 
 #: Grants the bucket can hold: how many requests may go back to back after idle time.
 DEFAULT_BURST: Final = 4
+#: Seconds added to the hard window: covers the spread of request latencies.
+DEFAULT_SLACK: Final = 0.25
 #: Multiplicative decrease of the effective rate on each 429.
 DECREASE: Final = 0.5
 
@@ -92,6 +98,7 @@ class RateState:
         min_rate: float | None = None,
         recovery_step: float | None = None,
         default_backoff: float | None = None,
+        slack: float = DEFAULT_SLACK,
         now: float = 0.0,
     ) -> None:
         if rate is not None and not rate > 0:
@@ -100,6 +107,7 @@ class RateState:
             raise ValueError(f"window must be positive, not {window}")
         self.rate = rate
         self.window = window
+        self.slack = max(0.0, slack)
         #: Hard cap per window; at least 1, so a fractional rate still makes progress.
         self.limit = max(1, math.floor(rate)) if rate is not None else 0
         self.burst = max(1, min(burst, self.limit)) if rate is not None else 0
@@ -130,7 +138,10 @@ class RateState:
             self._refill(now)
             start = max(now, self.refilled_at)
             at = max(at, start + token_wait(self.tokens, self.effective_rate, self.window))
-            at = max(at, window_ready_at(self.log, self.limit, self.window))
+            # The hard cap looks back a little further than the window: a request
+            # granted now may reach the server sooner after an earlier one than the
+            # grants were apart (that one waited on a connection or a handshake).
+            at = max(at, window_ready_at(self.log, self.limit, self.window + self.slack))
         return at
 
     def try_grant(self, now: float) -> bool:
@@ -200,6 +211,7 @@ class RateLimiter:
         min_rate: float | None = None,
         recovery_step: float | None = None,
         default_backoff: float | None = None,
+        slack: float = DEFAULT_SLACK,
     ) -> None:
         self._clock = clock
         self._state = RateState(
@@ -209,6 +221,7 @@ class RateLimiter:
             min_rate=min_rate,
             recovery_step=recovery_step,
             default_backoff=default_backoff,
+            slack=slack,
             now=clock(),
         )
         # Waiters queue on a FIFO lock; only its holder sleeps until its grant is due.

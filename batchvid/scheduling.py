@@ -11,6 +11,7 @@ says it is nearly done.  Nothing ever polls in a tight loop.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import unicodedata
@@ -85,9 +86,8 @@ def url_expiry(url: str) -> float | None:
     except ValueError:
         return None
     for name in _UNIX_PARAMS:
-        value = query.get(name)
-        if value and value.isdigit():
-            stamp = float(value)
+        stamp = _number(query.get(name))
+        if stamp is not None:
             return stamp / 1000 if stamp > 1e11 else stamp  # milliseconds, sometimes
     start, lifetime = (
         query.get("x-amz-date") or query.get("x-goog-date"),
@@ -106,6 +106,14 @@ def url_expiry(url: str) -> float | None:
         except ValueError:
             return None
     return None
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
 _SLUG_DROP: Final = re.compile(r"[^a-z0-9]+")

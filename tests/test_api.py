@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import random
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from batchvid.api import (
     backoff_hint,
     encode_multipart,
     error_from_transport,
+    failure_reason,
     never_sent,
     normalise_status,
     parse_error,
@@ -306,3 +308,19 @@ def test_download_problem_classification() -> None:
     plain = download_problem(404, b"NoSuchKey")
     assert type(plain) is DownloadError
     assert "HTTP 404" in str(plain)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            {"status": "FAILED", "error": {"code": "Sensitive", "message": "flagged"}},
+            ("Sensitive", "flagged"),
+        ),
+        ({"status": "error", "fail_reason": "GPU fell over"}, ("error", "GPU fell over")),
+        ({"status": "FAILED"}, ("FAILED", "the provider reported FAILED with no reason")),
+        ({"status": "FAILED", "error": {"type": "x"}}, ("x", '{"error": {"type": "x"}}')),
+    ],
+)
+def test_failure_reason_reads_every_shape(body: dict[str, Any], expected: tuple[str, str]) -> None:
+    assert failure_reason(parse_task({"id": "t", **body})) == expected

@@ -50,6 +50,8 @@ def test_retry_after_is_a_minimum() -> None:
     [
         ("https://cdn.example/v.mp4?Expires=1900000000&Signature=x", 1900000000),
         ("https://cdn.example/v.mp4?exp=1900000000000", 1900000000),
+        ("http://127.0.0.1:8788/v/t.mp4?expires=1795271106.5&sig=b8", 1795271106.5),
+        ("https://cdn.example/v.mp4?expires=inf", None),
         ("https://s3.example/v.mp4?X-Amz-Date=20261121T000000Z&X-Amz-Expires=3600", 1795222800),
         ("https://blob.example/v.mp4?se=2026-11-21T01:00:00Z&sig=x", 1795222800),
         ("https://cdn.example/v.mp4", None),

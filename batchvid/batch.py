@@ -1,0 +1,206 @@
+"""Putting a batch together: plan → ledger → runner, with its client and limiter.
+
+``prepare`` records a plan in the ledger (upsert by job key: new keys become
+``pending``, known keys keep everything the ledger learned).  ``run_batch``
+opens the one shared HTTP client and rate limiter (and, for ``--simulate``,
+the built-in simulator in-process) and drives a :class:`~batchvid.runner.Runner`.
+``batch_lock`` keeps two processes from running the same batch at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+from .client import CometClient
+from .errors import BatchvidError, LedgerError
+from .ledger import Ledger
+from .manifest import Limits
+from .plan import Plan
+from .ratelimit import RateLimiter
+from .runner import Runner, RunOptions, RunReport
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_LEDGER",
+    "SIMULATOR_ENDPOINT",
+    "Endpoint",
+    "Prepared",
+    "batch_lock",
+    "options_for",
+    "prepare",
+    "run_batch",
+]
+
+DEFAULT_BASE_URL: Final = "https://api.cometapi.com"
+DEFAULT_LEDGER: Final = Path("state/batchvid.db")
+#: What the ledger records as the endpoint of a ``--simulate`` batch.
+SIMULATOR_ENDPOINT: Final = "simulator"
+#: The simulator's clock for ``--simulate``: a 60 s render takes 0.6 s.
+SIMULATE_TIME_SCALE: Final = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where requests go: a base URL and its key, or the in-process simulator."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+    simulate: bool = False
+
+    @property
+    def name(self) -> str:
+        return SIMULATOR_ENDPOINT if self.simulate else (self.base_url or DEFAULT_BASE_URL)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Endpoint({self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    batch: str
+    output_dir: Path
+    new_jobs: int
+    known_jobs: int
+
+
+def options_for(limits: Limits, overrides: dict[str, Any]) -> RunOptions:
+    """RunOptions from the manifest's ``limits``, with command-line flags winning."""
+    options = RunOptions()
+    from_manifest = {
+        "rate_per_minute": limits.rate_per_minute,
+        "concurrency": limits.concurrency,
+        "max_active": limits.max_active_tasks,
+        "max_wait": limits.max_wait,
+        "poll_interval": limits.poll_interval,
+    }
+    merged: dict[str, Any] = {k: v for k, v in from_manifest.items() if v is not None}
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return replace(options, **merged)
+
+
+def output_dir_for(plan: Plan, ledger_path: Path) -> Path:
+    """The manifest's ``output_dir``, else ``videos/<batch>`` beside the ledger."""
+    if plan.manifest.output_dir is not None:
+        return plan.manifest.output_dir.resolve()
+    return (ledger_path.resolve().parent / "videos" / plan.batch).resolve()
+
+
+def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint, ledger_path: Path) -> Prepared:
+    """Record the plan's batch and jobs in the ledger; refuse to mix endpoints.
+
+    A batch whose tasks were created on one endpoint cannot be polled on another
+    (a simulator's task ids mean nothing to the real API, and vice versa).
+    """
+    existing = ledger.get_batch(plan.batch)
+    known_endpoint = getattr(existing, "endpoint", None) if existing else None
+    if existing is not None and known_endpoint and known_endpoint != endpoint.name:
+        has_tasks = any(j.task_id for j in ledger.jobs(plan.batch))
+        if has_tasks:
+            raise BatchvidError(
+                f"batch {plan.batch!r} in this ledger ran against {known_endpoint}, not "
+                f"{endpoint.name}; its task ids mean nothing there. Use another --ledger "
+                "or another batch name."
+            )
+    output_dir = output_dir_for(plan, ledger_path)
+    manifest = plan.manifest
+    limits = {k: v for k, v in vars_of(manifest.limits).items() if v is not None}
+    kwargs: dict[str, Any] = {}
+    if "endpoint" in Ledger.upsert_batch.__code__.co_varnames:
+        kwargs["endpoint"] = endpoint.name
+    ledger.upsert_batch(
+        plan.batch,
+        manifest_path=manifest.path.resolve(),
+        manifest_sha256=manifest.sha256,
+        output_dir=output_dir,
+        limits=limits,
+        pricing=manifest.pricing,
+        budget_usd=manifest.budget_usd,
+        **kwargs,
+    )
+    new = ledger.upsert_jobs(plan.batch, plan.jobs, est_cost=plan.cost_of)  # type: ignore[arg-type]
+    return Prepared(plan.batch, output_dir, new, len(plan.jobs) - new)
+
+
+def vars_of(limits: Limits) -> dict[str, Any]:
+    return {name: getattr(limits, name) for name in limits.__slots__}
+
+
+@contextlib.contextmanager
+def batch_lock(ledger_path: Path, batch: str) -> Iterator[None]:
+    """Hold an exclusive lock on one batch of one ledger for as long as it runs.
+
+    Two runs of one batch would each think the other's in-flight creates were
+    interrupted; the second one is refused instead.  The lock dies with the
+    process (kill -9 included), so it never needs cleaning up.
+    """
+    lock_path = ledger_path.parent / f".{ledger_path.name}.{batch}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise LedgerError(
+                f"batch {batch!r} is already being run by another batchvid process "
+                f"(pid {holder}); wait for it or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def _endpoint_client(
+    endpoint: Endpoint, limiter: RateLimiter, time_scale: float
+) -> AsyncIterator[CometClient]:
+    if endpoint.simulate:
+        # Imported here: the web server stack is only needed for --simulate.
+        from .sim_state import SimConfig
+        from .simulator import serve_simulator
+
+        async with (
+            serve_simulator(SimConfig(time_scale=time_scale)) as sim,
+            CometClient(sim.base_url, sim.api_key, limiter=limiter) as client,
+        ):
+            yield client
+        return
+    if not endpoint.api_key:
+        raise BatchvidError("no API key: set COMETAPI_KEY (or use --simulate)")
+    base_url = endpoint.base_url or DEFAULT_BASE_URL
+    async with CometClient(base_url, endpoint.api_key, limiter=limiter) as client:
+        yield client
+
+
+async def run_batch(
+    ledger: Ledger,
+    prepared: Prepared,
+    endpoint: Endpoint,
+    options: RunOptions,
+    *,
+    on_runner: Callable[[Runner], None] | None = None,
+) -> RunReport:
+    """Run a prepared batch to the end (or a stop); the runner is handed to ``on_runner``."""
+    if endpoint.simulate and options.time_scale == 1.0:
+        options = replace(options, time_scale=SIMULATE_TIME_SCALE)
+    limiter = RateLimiter(options.rate_per_minute, window=60.0 * options.time_scale)
+    async with _endpoint_client(endpoint, limiter, options.time_scale) as client:
+        runner = Runner(ledger, client, prepared.batch, prepared.output_dir, options)
+        if on_runner is not None:
+            on_runner(runner)
+        return await runner.run()
+
+
+def open_ledger(path: Path, *, create: bool = True) -> Ledger:
+    """Open the ledger at ``path``; a clear LedgerError when it is missing and ``create`` is off."""
+    if not create and not path.exists():
+        raise LedgerError(f"no ledger at {path} (run a batch first, or pass --ledger)")
+    return Ledger(path, create=create)

@@ -1,0 +1,379 @@
+"""``batchvid run``, ``status`` and ``retry``: the commands that drive and read the ledger.
+
+Printing, signals and the live display live here; the work is in
+:mod:`batchvid.batch` and :mod:`batchvid.runner`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from .batch import (
+    DEFAULT_BASE_URL,
+    DEFAULT_LEDGER,
+    Endpoint,
+    batch_lock,
+    open_ledger,
+    options_for,
+    prepare,
+    run_batch,
+)
+from .errors import BatchvidError, ManifestError
+from .ledger import Ledger
+from .plan import load_plan
+from .runner import Runner, RunReport, Snapshot
+from .states import JobState
+
+__all__ = ["retry", "run", "status"]
+
+#: States shown first in progress lines, in the order a job moves through them.
+_ORDER = [str(s) for s in JobState]
+_LEDGER_HELP = f"SQLite ledger file [env BATCHVID_LEDGER; default {DEFAULT_LEDGER}]."
+
+
+def _ledger_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("BATCHVID_LEDGER") or DEFAULT_LEDGER)
+
+
+def ledger_option(f: Any) -> Any:
+    return click.option("--ledger", "ledger", metavar="PATH", help=_LEDGER_HELP)(f)
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="Run against the built-in simulator (in-process, 127.0.0.1, renders 100x faster). "
+    "No key, no cost; the videos are real, tiny MP4s.",
+)
+@click.option(
+    "--base-url",
+    metavar="URL",
+    help=f"API base URL [env COMETAPI_BASE_URL; default {DEFAULT_BASE_URL}].",
+)
+@ledger_option
+@click.option(
+    "--rate-per-minute",
+    type=click.FloatRange(min=0, min_open=True),
+    help="API requests per minute, all kinds together [manifest limits; default 60].",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Requests in flight at once [manifest limits; default 8].",
+)
+@click.option(
+    "--max-active",
+    type=click.IntRange(min=1),
+    help="Tasks rendering upstream at once [manifest limits.max_active_tasks; default 32].",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=1),
+    metavar="SECONDS",
+    help="Spacing of a task's polls after the first [manifest limits; default 10].",
+)
+@click.option(
+    "--no-download", is_flag=True, help="Stop at 'completed': do not download the videos."
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True, max=1),
+    metavar="FACTOR",
+    help="For a simulator started with the same --time-scale: shrink every wait the "
+    "runner itself chooses (poll spacing, the first poll, max_wait, the rate window). "
+    "Leave at 1 for CometAPI.",
+)
+def run(
+    manifest: str,
+    simulate: bool,
+    base_url: str | None,
+    ledger: str | None,
+    rate_per_minute: float | None,
+    concurrency: int | None,
+    max_active: int | None,
+    poll_interval: float | None,
+    no_download: bool,
+    time_scale: float | None,
+) -> None:
+    """Submit, poll and download every job of MANIFEST; resumable at any time.
+
+    Jobs are recorded in the ledger before anything is sent. Run the same
+    command again after an interruption (Ctrl-C, a crash, a sleeping laptop):
+    finished jobs are skipped, tasks already created are polled and
+    downloaded, and nothing is created twice. An edited manifest adds only
+    its new jobs.
+
+    A create whose answer was lost is marked in_doubt and never retried on
+    its own: it may have been billed. `batchvid retry BATCH --in-doubt`
+    resubmits such jobs when you decide to.
+
+    \b
+    Exit codes: 0 every job downloaded; 1 finished, but some jobs failed,
+    were rejected, stalled or are in doubt; 2 invalid manifest or usage;
+    3 the API refused the key; 130 interrupted (the ledger is consistent).
+
+    \b
+    The API key comes from COMETAPI_KEY and is sent only to the API host.
+    """
+    ledger_path = _ledger_path(ledger)
+    try:
+        plan = load_plan(manifest)
+    except ManifestError:
+        raise  # the CLI group prints every issue, exit 2
+    for issue in plan.warnings:
+        click.echo(str(issue), err=True)
+    if simulate and base_url:
+        raise click.UsageError("--simulate runs its own simulator: leave out --base-url")
+    key = os.environ.get("COMETAPI_KEY")
+    if not simulate and not key:
+        raise click.UsageError("set COMETAPI_KEY to your CometAPI key, or use --simulate")
+    endpoint = Endpoint(
+        base_url=base_url or os.environ.get("COMETAPI_BASE_URL") or DEFAULT_BASE_URL,
+        api_key=key,
+        simulate=simulate,
+    )
+    overrides = {
+        "rate_per_minute": rate_per_minute,
+        "concurrency": concurrency,
+        "max_active": max_active,
+        "poll_interval": poll_interval,
+    }
+    options = options_for(plan.manifest.limits, overrides)
+    options = replace(options, download=not no_download, budget_usd=plan.manifest.budget_usd)
+    if time_scale is not None:
+        options = replace(options, time_scale=time_scale)
+    with open_ledger(ledger_path) as store, batch_lock(ledger_path, plan.batch):
+        prepared = prepare(store, plan, endpoint, ledger_path)
+        where = "the built-in simulator" if simulate else endpoint.name
+        click.echo(
+            f"batch {plan.batch}: {len(plan.jobs)} jobs ({prepared.new_jobs} new) "
+            f"against {where}; ledger {ledger_path}",
+            err=True,
+        )
+        report = anyio.run(_run_with_display, store, prepared, endpoint, options)
+    _print_summary(report, ledger_path)
+    sys.exit(report.exit_code)
+
+
+async def _run_with_display(
+    store: Ledger, prepared: Any, endpoint: Endpoint, options: Any
+) -> RunReport:
+    reports: list[RunReport] = []
+    errors: list[BatchvidError] = []
+    async with anyio.create_task_group() as tg:
+
+        def attach(runner: Runner) -> None:
+            tg.start_soon(_watch_signals, runner)
+            tg.start_soon(_show_progress, runner)
+
+        try:
+            reports.append(await run_batch(store, prepared, endpoint, options, on_runner=attach))
+        except BatchvidError as exc:  # raised after the group, not wrapped in an ExceptionGroup
+            errors.append(exc)
+        tg.cancel_scope.cancel()
+    if errors:
+        raise errors[0]
+    return reports[0]
+
+
+async def _watch_signals(runner: Runner) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if runner.stop_requested:
+                click.echo("\nsecond interrupt: exiting now (the ledger is consistent)", err=True)
+                os._exit(130)
+            name = signal.Signals(signum).name
+            click.echo(
+                f"\n{name}: finishing the requests in flight, then stopping "
+                "(interrupt again to quit at once)",
+                err=True,
+            )
+            runner.request_stop()
+
+
+async def _show_progress(runner: Runner) -> None:
+    if sys.stderr.isatty():
+        await _live_display(runner)
+        return
+    last = ""
+    while True:
+        await anyio.sleep(10.0)
+        line = _progress_line(runner.snapshot())
+        if line != last:
+            click.echo(line, err=True)
+            last = line
+
+
+async def _live_display(runner: Runner) -> None:
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(stderr=True)
+
+    def render() -> Group:
+        snap = runner.snapshot()
+        table = Table.grid(padding=(0, 2))
+        table.add_row(*(Text(s, style="bold") for s in _shown_states(snap)))
+        table.add_row(*(str(snap.counts.get(s, 0)) for s in _shown_states(snap)))
+        parts: list[Any] = [Text(f"batch {snap.batch}"), table, Text(_rate_eta(snap))]
+        for failure in snap.recent_failures[-4:]:
+            parts.append(Text(f"  ! {failure}", style="red"))
+        return Group(*parts)
+
+    with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
+        while True:
+            await anyio.sleep(0.25)
+            live.update(render())
+
+
+def _shown_states(snap: Snapshot) -> list[str]:
+    return [s for s in _ORDER if snap.counts.get(s, 0)] or ["pending"]
+
+
+def _rate_eta(snap: Snapshot) -> str:
+    done = snap.finished_this_run
+    remaining = sum(
+        n for s, n in snap.counts.items() if s not in ("downloaded", "failed", "rejected",
+                                                        "stalled", "in_doubt")
+    )  # fmt: skip
+    text = f"{snap.in_flight} in flight, {done} finished this run in {snap.elapsed_s:.0f} s"
+    if done and snap.elapsed_s > 0 and remaining:
+        per_min = done / snap.elapsed_s * 60
+        eta = remaining / (done / snap.elapsed_s)
+        text += f" ({per_min:.1f}/min, about {_duration(eta)} left)"
+    return text
+
+
+def _progress_line(snap: Snapshot) -> str:
+    counts = " ".join(f"{s}={snap.counts[s]}" for s in _ORDER if snap.counts.get(s))
+    return f"[{time.strftime('%H:%M:%S')}] {snap.batch}: {counts}; {_rate_eta(snap)}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _print_summary(report: RunReport, ledger_path: Path) -> None:
+    counts = " ".join(f"{s}={report.counts[s]}" for s in _ORDER if report.counts.get(s))
+    total = sum(report.counts.values())
+    head = "interrupted" if report.interrupted else "finished"
+    click.echo(f"\n{report.batch}: {head} in {_duration(report.elapsed_s)}: {total} jobs: {counts}")
+    downloaded = report.counts.get("downloaded", 0)
+    if downloaded:
+        click.echo(f"videos: {report.output_dir} ({downloaded} files)")
+    for failure in report.failures[-8:]:
+        click.echo(f"  ! {failure}")
+    hints = []
+    batch = report.batch
+    if report.counts.get("in_doubt"):
+        hints.append(
+            f"{report.counts['in_doubt']} in doubt: their create may have been billed. "
+            f"`batchvid retry {batch} --in-doubt` resubmits them (possibly paying twice)."
+        )
+    if report.counts.get("failed"):
+        hints.append(f"`batchvid retry {batch} --failed` makes a new attempt at failed jobs.")
+    if report.counts.get("stalled"):
+        hints.append(f"`batchvid retry {batch} --stalled` polls stalled tasks again.")
+    if report.counts.get("rejected"):
+        hints.append("rejected jobs need a fixed manifest (see `batchvid report`).")
+    if report.budget_blocked:
+        hints.append("the budget stopped further submissions (raise budget_usd to go on).")
+    if report.counts.get("completed") and report.download:
+        hints.append("some videos are not downloaded yet: run the same command again.")
+    if report.interrupted:
+        hints.append("run the same command again to resume.")
+    for hint in hints:
+        click.echo(f"- {hint}")
+    if ledger_path != Path(os.environ.get("BATCHVID_LEDGER") or DEFAULT_LEDGER):
+        click.echo(f"ledger: {ledger_path}")
+
+
+@click.command()
+@click.argument("batch", required=False)
+@ledger_option
+@click.option("--json", "as_json", is_flag=True, help="Print counts as JSON (see DESIGN.md).")
+def status(batch: str | None, ledger: str | None, as_json: bool) -> None:
+    """Counts per state of BATCH (or of every batch), from the ledger.
+
+    Lists in-doubt, failed and stalled jobs with their reasons. Reading is
+    safe while a run is going on. --json prints
+    {"batch", "total", "states": {STATE: count}} (a list when BATCH is omitted).
+    """
+    with open_ledger(_ledger_path(ledger), create=False) as store:
+        if as_json:
+            data: Any = store.status(batch) if batch else store.statuses()
+            click.echo(json.dumps(data, indent=2))
+            return
+        names = [batch] if batch else [b.name for b in store.batches()]
+        if not names:
+            click.echo("the ledger has no batches yet")
+        for name in names:
+            _print_status(store, name)
+
+
+def _print_status(store: Ledger, batch: str) -> None:
+    data = store.status(batch)
+    states = data["states"]
+    counts = "  ".join(f"{s} {states[s]}" for s in _ORDER if states.get(s))
+    click.echo(f"{batch}: {data['total']} jobs  {counts}")
+    for job in store.jobs(batch):
+        if job.state in (JobState.IN_DOUBT, JobState.FAILED, JobState.STALLED):
+            label = job.prompt_id or " ".join(job.prompt.split())[:40]
+            reason = " ".join((job.error_message or "").split())[:120]
+            click.echo(f"  {job.state:<9} #{job.idx} {label}: {reason}")
+
+
+@click.command()
+@click.argument("batch")
+@click.option("--failed", is_flag=True, help="Failed jobs become pending: a new, billed attempt.")
+@click.option(
+    "--in-doubt",
+    "in_doubt",
+    is_flag=True,
+    help="In-doubt jobs become pending. Their first create may have been billed: "
+    "resubmitting can pay twice for one video.",
+)
+@click.option("--stalled", is_flag=True, help="Stalled tasks are polled again (same task id).")
+@ledger_option
+def retry(batch: str, failed: bool, in_doubt: bool, stalled: bool, ledger: str | None) -> None:
+    """Give jobs of BATCH another chance; then `batchvid run MANIFEST` again.
+
+    Nothing is sent by this command: it only changes states in the ledger
+    (each change is an event that keeps the old task id).
+    """
+    if not (failed or in_doubt or stalled):
+        raise click.UsageError("say which jobs: --failed, --in-doubt and/or --stalled")
+    with open_ledger(_ledger_path(ledger), create=False) as store:
+        if store.get_batch(batch) is None:
+            raise click.UsageError(f"no batch {batch!r} in the ledger")
+        if failed:
+            click.echo(f"{store.retry_failed(batch)} failed jobs are pending again")
+        if in_doubt:
+            n = store.retry_in_doubt(batch)
+            click.echo(f"{n} in-doubt jobs are pending again")
+            if n:
+                click.echo(
+                    f"warning: each of those {n} creates may already have made a billed task; "
+                    "resubmitting can pay twice for one video",
+                    err=True,
+                )
+        if stalled:
+            click.echo(f"{store.retry_stalled(batch)} stalled jobs will be polled again")

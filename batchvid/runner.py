@@ -1,0 +1,520 @@
+"""The runner: drives a batch's jobs through the ledger until each one is terminal.
+
+One dispatcher loop hands out work in priority order, within one shared cap on
+requests in flight (``concurrency``):
+
+1. **downloads** of completed videos, soonest-expiring URL first;
+2. **polls** of tasks whose ``next_poll_at`` is due;
+3. **submissions** of pending jobs, while fewer than ``max_active`` tasks are
+   live upstream and the budget allows.
+
+Every API request also passes the one shared rate limiter (inside the client).
+A job's ``submitting`` intent is committed only once the limiter has granted
+its request, immediately before the bytes leave, so a crash while waiting for
+the limiter leaves the job ``pending``, not in doubt.  Every answer is a
+committed ledger transition before anything that depends on it happens.
+
+The runner never prints and never installs signal handlers: the CLI reads
+:meth:`Runner.snapshot` for progress and calls :meth:`Runner.request_stop`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .api import Task, TaskStatus, failure_reason
+from .client import CometClient
+from .errors import (
+    ApiError,
+    AuthError,
+    DownloadError,
+    InDoubtError,
+    RejectedError,
+    RetryableError,
+    TaskNotFound,
+)
+from .ledger import Ledger
+from .ledger_rows import JobRow
+from .scheduling import (
+    first_poll_delay,
+    job_filename,
+    next_poll_delay,
+    safe_destination,
+    url_expiry,
+)
+from .states import JobState
+
+__all__ = ["RunOptions", "RunReport", "Runner", "Snapshot"]
+
+S = JobState
+#: States a job can end a run in.
+TERMINAL: Final = frozenset({S.DOWNLOADED, S.FAILED, S.REJECTED, S.STALLED, S.IN_DOUBT})
+#: Longest the dispatcher sleeps before looking at the ledger again (scaled).
+MAX_IDLE_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How hard to push. Every duration is in real seconds, multiplied by ``time_scale``."""
+
+    rate_per_minute: float | None = 60.0
+    concurrency: int = 8
+    max_active: int = 32
+    poll_interval: float = 10.0
+    max_wait: float = 2 * 3600.0
+    download: bool = True
+    #: False: only poll and download what is already paid for; submit nothing new.
+    submit: bool = True
+    #: < 1 for a simulator whose renders run faster than real time.
+    time_scale: float = 1.0
+    #: Download tries per job per run before it is left ``completed`` for the next run.
+    download_attempts: int = 5
+    budget_usd: float | None = None
+
+    def scaled(self, seconds: float) -> float:
+        return seconds * self.time_scale
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Progress at one instant, for a live display."""
+
+    batch: str
+    counts: dict[str, int]
+    in_flight: int
+    finished_this_run: int
+    elapsed_s: float
+    recent_failures: tuple[str, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(slots=True)
+class RunReport:
+    """How a run ended. ``exit_code`` follows DESIGN.md."""
+
+    batch: str
+    counts: dict[str, int]
+    output_dir: Path
+    elapsed_s: float
+    interrupted: bool = False
+    recovered_in_doubt: int = 0
+    budget_blocked: bool = False
+    download: bool = True
+    submitted: bool = True
+    finished_this_run: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        total = sum(self.counts.values())
+        done = self.counts.get(S.DOWNLOADED, 0)
+        if not self.download:
+            done += self.counts.get(S.COMPLETED, 0)
+        return 0 if total and done == total else 1
+
+
+class Runner:
+    """Runs one batch that is already in the ledger; see the module docstring."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        client: CometClient,
+        batch: str,
+        output_dir: Path,
+        options: RunOptions,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.batch = batch
+        self.output_dir = output_dir
+        self.options = options
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._wake = anyio.Event()
+        self._busy: set[int] = set()
+        self._unsent_claims = 0
+        self._unsent_cost = 0.0
+        self._stopping = False
+        self._auth_error: AuthError | None = None
+        self._budget_blocked = False
+        self._download_tries: dict[int, int] = {}
+        self._download_after: dict[int, float] = {}
+        self._submit_pause_until = 0.0
+        self._submit_setbacks = 0
+        self._history: dict[tuple[str, int, str], float | None] = {}
+        self._started = clock()
+        self._finished_this_run = 0
+        self._failures: deque[str] = deque(maxlen=8)
+
+    # -- control ---------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop starting work; requests in flight finish and are recorded."""
+        self._stopping = True
+        self._wake.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stopping
+
+    def snapshot(self) -> Snapshot:
+        counts = {str(state): n for state, n in self.ledger.counts(self.batch).items()}
+        return Snapshot(
+            self.batch,
+            counts,
+            len(self._busy),
+            self._finished_this_run,
+            self._clock() - self._started,
+            tuple(self._failures),
+        )
+
+    async def run(self) -> RunReport:
+        """Drive the batch until every job is terminal for this run, or a stop.
+
+        Raises AuthError at once on a 401 (nothing is marked failed for it).
+        """
+        recovered = self.ledger.recover_interrupted(self.batch)
+        if recovered:
+            self._failures.append(
+                f"{recovered} job(s) were being submitted when the last run stopped: in doubt"
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        async with anyio.create_task_group() as tg:
+            await self._dispatch(tg)
+            # Stopping or done: let requests in flight finish and be recorded.
+            with anyio.move_on_after(self.options.scaled(30.0) + 5.0):
+                while self._busy:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+            tg.cancel_scope.cancel()
+        if self._auth_error is not None:
+            raise self._auth_error
+        return RunReport(
+            batch=self.batch,
+            counts={str(s): n for s, n in self.ledger.counts(self.batch).items()},
+            output_dir=self.output_dir,
+            elapsed_s=self._clock() - self._started,
+            interrupted=self._stopping,
+            recovered_in_doubt=recovered,
+            budget_blocked=self._budget_blocked,
+            download=self.options.download,
+            submitted=self.options.submit,
+            finished_this_run=self._finished_this_run,
+            failures=list(self._failures),
+        )
+
+    # -- the dispatcher --------------------------------------------------------
+
+    async def _dispatch(self, tg: TaskGroup) -> None:
+        while not self._stopping:
+            # A fresh event before looking: a worker finishing while we wait sets it.
+            self._wake = anyio.Event()
+            now = self._clock()
+            free = self.options.concurrency - len(self._busy)
+            if free > 0 and self.options.download:
+                free -= self._start_downloads(tg, free, now)
+            if free > 0:
+                free -= self._start_polls(tg, free, now)
+            if free > 0 and self._may_submit(now):
+                free -= self._start_submits(tg, free)
+            if not self._busy and self._nothing_left(now):
+                return
+            with anyio.move_on_after(self._idle_for(now)):
+                await self._wake.wait()
+
+    def _may_submit(self, now: float) -> bool:
+        return (
+            self.options.submit
+            and not self._budget_blocked
+            and self._auth_error is None
+            and now >= self._submit_pause_until
+        )
+
+    def _start_downloads(self, tg: TaskGroup, free: int, now: float) -> int:
+        started = 0
+        for job in self.ledger.completed_jobs(self.batch, limit=free + len(self._busy)):
+            if started >= free:
+                break
+            if job.id in self._busy or self._download_after.get(job.id, 0.0) > now:
+                continue
+            if self._download_tries.get(job.id, 0) >= self.options.download_attempts:
+                continue
+            self._spawn(tg, self._download, job)
+            started += 1
+        return started
+
+    def _start_polls(self, tg: TaskGroup, free: int, now: float) -> int:
+        started = 0
+        for job in self.ledger.due_polls(self.batch, now, limit=free + len(self._busy)):
+            if started >= free:
+                break
+            if job.id in self._busy:
+                continue
+            self._spawn(tg, self._poll, job)
+            started += 1
+        return started
+
+    def _start_submits(self, tg: TaskGroup, free: int) -> int:
+        room = self.options.max_active - self.ledger.active_count(self.batch) - self._unsent_claims
+        wanted = min(free, room)
+        if wanted <= 0:
+            return 0
+        budget = self.options.budget_usd
+        committed = self.ledger.committed_cost(self.batch) + self._unsent_cost if budget else 0.0
+        started = 0
+        for job in self.ledger.pending_jobs(self.batch, limit=wanted + len(self._busy)):
+            if started >= wanted:
+                break
+            if job.id in self._busy:
+                continue
+            cost = job.est_cost_usd or 0.0
+            if budget is not None and committed + cost > budget + 1e-9:
+                self._budget_blocked = True
+                self._failures.append(
+                    f"budget ${budget:,.2f} reached (${committed:,.2f} committed): "
+                    "no more submissions"
+                )
+                break
+            committed += cost
+            self._unsent_claims += 1
+            self._unsent_cost += cost
+            self._spawn(tg, self._submit, job)
+            started += 1
+        return started
+
+    def _spawn(self, tg: TaskGroup, work: Callable[[JobRow], object], job: JobRow) -> None:
+        self._busy.add(job.id)
+        tg.start_soon(self._guarded, work, job, name=f"job-{job.id}")
+
+    async def _guarded(self, work: Callable[[JobRow], object], job: JobRow) -> None:
+        try:
+            await work(job)  # type: ignore[misc]
+        except AuthError as exc:
+            self._auth_error = self._auth_error or exc
+            self._stopping = True
+        finally:
+            self._busy.discard(job.id)
+            self._wake.set()
+
+    def _nothing_left(self, now: float) -> bool:
+        """True when no job can make progress in this run any more."""
+        counts = self.ledger.counts(self.batch)
+        for state, n in counts.items():
+            if not n or state in TERMINAL:
+                continue
+            if state is S.PENDING and self._may_submit_ever():
+                return False
+            if state in (S.SUBMITTING, S.QUEUED, S.IN_PROGRESS):
+                return False
+            if state is S.COMPLETED and self.options.download and self._downloads_remain():
+                return False
+        return True
+
+    def _may_submit_ever(self) -> bool:
+        return self.options.submit and not self._budget_blocked and self._auth_error is None
+
+    def _downloads_remain(self) -> bool:
+        exhausted = {
+            j for j, n in self._download_tries.items() if n >= self.options.download_attempts
+        }
+        completed = self.ledger.counts(self.batch).get(S.COMPLETED, 0)
+        return completed > len(exhausted)
+
+    def _idle_for(self, now: float) -> float:
+        wake = now + self.options.scaled(MAX_IDLE_S)
+        next_poll = self.ledger.next_poll_time(self.batch)
+        if next_poll is not None:
+            wake = min(wake, next_poll)
+        if self._download_after:
+            wake = min(wake, min(self._download_after.values()))
+        if self._submit_pause_until > now:
+            wake = min(wake, self._submit_pause_until)
+        return max(0.0, wake - now)
+
+    # -- workers ---------------------------------------------------------------
+
+    async def _submit(self, job: JobRow) -> None:
+        sent = False
+
+        def committing_intent() -> None:
+            # Called after the rate limiter's grant, right before the request leaves.
+            nonlocal sent
+            if not sent:
+                self.ledger.begin_submit(job.id)
+                sent = True
+                self._release_claim(job)
+
+        try:
+            task = await self.client.create(job.to_request(), before_send=committing_intent)
+        except AuthError:
+            if sent:
+                self.ledger.release_unsent(job.id, "401: the API key was refused")
+            else:
+                self._release_claim(job)
+            raise
+        except RejectedError as exc:
+            self.ledger.record_rejected(job.id, exc.code, exc.message)
+            self._note_failure(job, f"rejected: {exc.message}")
+        except InDoubtError as exc:
+            self.ledger.record_in_doubt(job.id, str(exc))
+            self._note_failure(job, f"in doubt: {exc}")
+        except RetryableError as exc:
+            if sent:
+                self.ledger.release_unsent(job.id, str(exc))
+            else:
+                self._release_claim(job)
+            self._submit_setback()
+        except (ApiError, OSError) as exc:  # e.g. a reference image vanished before sending
+            if sent:
+                self.ledger.record_in_doubt(job.id, f"create failed unexpectedly: {exc}")
+            else:
+                self._release_claim(job)
+                self._failures.append(f"#{job.idx}: not submitted: {exc}")
+                self._submit_setback()
+        except BaseException:
+            # Cancelled (a stop after the grace period) or a bug: the request may be out.
+            if sent:
+                with anyio.CancelScope(shield=True):
+                    self.ledger.record_in_doubt(
+                        job.id, "the run stopped while the create was in flight"
+                    )
+            else:
+                self._release_claim(job)
+            raise
+        else:
+            self._submit_setbacks = 0
+            delay = first_poll_delay(self._render_history(job), scale=self.options.time_scale)
+            self.ledger.record_submitted(
+                job.id, task.id, task.raw_status or None, self._clock() + delay
+            )
+
+    def _release_claim(self, job: JobRow) -> None:
+        self._unsent_claims -= 1
+        self._unsent_cost -= job.est_cost_usd or 0.0
+
+    def _submit_setback(self) -> None:
+        """Creates keep failing before reaching the API: back off all submissions."""
+        self._submit_setbacks += 1
+        pause = min(300.0, 2.0 ** min(self._submit_setbacks, 9))
+        self._submit_pause_until = self._clock() + self.options.scaled(pause)
+
+    def _render_history(self, job: JobRow) -> float | None:
+        combo = (job.model, job.seconds, job.resolution)
+        if combo not in self._history:
+            self._history[combo] = self.ledger.render_seconds_history(*combo)
+        return self._history[combo]
+
+    async def _poll(self, job: JobRow) -> None:
+        assert job.task_id is not None
+        now = self._clock()
+        try:
+            task = await self.client.retrieve(job.task_id)
+        except TaskNotFound as exc:
+            self.ledger.record_failed(job.id, "task_not_exist", exc.message)
+            self._note_failure(job, f"task {job.task_id} is unknown upstream")
+            return
+        except RetryableError as exc:
+            later = next_poll_delay(
+                self.options.scaled(self.options.poll_interval),
+                retry_after_s=exc.retry_after,
+                rng=self._rng,
+            )
+            self.ledger.record_poll(job.id, job.remote_status, job.progress, now + later)
+            return
+        now = self._clock()
+        if task.status is TaskStatus.COMPLETED:
+            self.ledger.record_completed(
+                job.id, task.video_url, _expiry(task), remote_status=task.raw_status
+            )
+            self._history.pop((job.model, job.seconds, job.resolution), None)
+            if not self.options.download:
+                self._finished_this_run += 1
+        elif task.status in (TaskStatus.FAILED, TaskStatus.ERROR):
+            code, reason = failure_reason(task)
+            self.ledger.record_failed(job.id, code, reason, remote_status=task.raw_status)
+            self._note_failure(job, f"{code}: {reason}")
+        elif self._overdue(job, now):
+            self.ledger.record_stalled(job.id)
+            self._note_failure(job, "stalled: still not finished after max_wait")
+        else:
+            elapsed = now - (job.watch_started_at or now)
+            delay = next_poll_delay(
+                self.options.scaled(self.options.poll_interval),
+                elapsed_s=elapsed,
+                progress=task.progress,
+                rng=self._rng,
+            )
+            self.ledger.record_poll(job.id, task.raw_status or None, task.progress, now + delay)
+
+    def _overdue(self, job: JobRow, now: float) -> bool:
+        started = job.watch_started_at
+        return started is not None and now - started > self.options.scaled(self.options.max_wait)
+
+    async def _download(self, job: JobRow) -> None:
+        assert job.task_id is not None
+        dest = safe_destination(
+            self.output_dir,
+            job_filename(job.idx, job.prompt_id, job.prompt, job.model, job.size, job.take),
+        )
+        task_id = job.task_id
+
+        async def refresh() -> str | None:
+            task = await self.client.retrieve(task_id)
+            if task.status is not TaskStatus.COMPLETED:
+                raise DownloadError(f"task {task_id} is now {task.raw_status}, not completed")
+            self.ledger.refresh_url(job.id, task.video_url or "", _expiry(task))
+            return task.video_url
+
+        try:
+            source = Task(
+                task_id, TaskStatus.COMPLETED, job.remote_status or "", video_url=job.video_url
+            )
+            result = await self.client.download(source, dest, refresh=refresh)
+        except TaskNotFound as exc:
+            self.ledger.record_failed(
+                job.id, "task_not_exist", f"the task vanished before its download: {exc.message}"
+            )
+            self._note_failure(job, "task vanished upstream before its download")
+        except (DownloadError, RetryableError, RejectedError, OSError) as exc:
+            tries = self._download_tries.get(job.id, 0) + 1
+            self._download_tries[job.id] = tries
+            self.ledger.record_download_error(job.id, str(exc))
+            backoff = min(120.0, 2.0 * 2**tries) * self._rng.uniform(0.8, 1.2)
+            self._download_after[job.id] = self._clock() + self.options.scaled(backoff)
+            if tries >= self.options.download_attempts:
+                self._note_failure(job, f"download failed {tries} times: {exc}")
+        else:
+            self._download_after.pop(job.id, None)
+            self.ledger.record_downloaded(job.id, str(result.path), result.size, result.sha256)
+            self._finished_this_run += 1
+
+    def _note_failure(self, job: JobRow, message: str) -> None:
+        label = job.prompt_id or _clip(job.prompt, 30)
+        self._failures.append(f"#{job.idx} {label}: {_clip(message, 160)}")
+
+
+def _expiry(task: Task) -> float | None:
+    return url_expiry(task.video_url) if task.video_url else None
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

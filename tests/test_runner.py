@@ -1,0 +1,228 @@
+"""The runner end to end against the simulator on a real socket (127.0.0.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import textwrap
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchvid.batch import Endpoint, Prepared, prepare, run_batch
+from batchvid.errors import AuthError
+from batchvid.ledger import Ledger
+from batchvid.plan import Plan, load_plan
+from batchvid.runner import RunOptions, RunReport
+from batchvid.sim_state import SimConfig
+from batchvid.simulator import Simulator, serve_simulator
+
+pytestmark = pytest.mark.anyio
+
+SCALE = 0.002  # a 60 s render takes 0.12 s
+
+
+def matrix_manifest(tmp_path: Path, *, prompts: int = 5, extra: str = "") -> Path:
+    """prompts x 2 models x 5 sizes = 10 jobs per prompt."""
+    lines = "\n".join(f'  - "shot {i}: waves on a pier, {{style}}"' for i in range(prompts))
+    path = tmp_path / "batch.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            batch: e2e
+            output_dir: out
+            defaults: {seconds: 5, resolution: 480p}
+            matrix:
+              model: [doubao-seedance-2-0-fast, doubao-seedance-1-0-pro]
+              size: ["16:9", "9:16", "1:1", "4:3", "21:9"]
+              style: [noir]
+            prompts:
+            """
+        )
+        + lines
+        + "\n"
+        + extra
+    )
+    return path
+
+
+OPTIONS = RunOptions(
+    rate_per_minute=None, concurrency=8, max_active=64, poll_interval=10, time_scale=SCALE
+)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with serve_simulator(SimConfig(time_scale=SCALE, seed=7)) as simulator:
+        yield simulator
+
+
+async def run_once(
+    tmp_path: Path,
+    sim: Simulator,
+    plan: Plan,
+    options: RunOptions = OPTIONS,
+    *,
+    key: str | None = None,
+) -> tuple[RunReport, Prepared]:
+    endpoint = Endpoint(sim.base_url, key or sim.api_key)
+    ledger_path = tmp_path / "ledger.db"
+    with Ledger(ledger_path) as ledger:
+        prepared = prepare(ledger, plan, endpoint, ledger_path)
+        report = await run_batch(ledger, prepared, endpoint, options)
+    return report, prepared
+
+
+def ledger_jobs(tmp_path: Path) -> list[Any]:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        return list(ledger.jobs("e2e"))
+
+
+async def test_fifty_job_batch_downloads_every_video_verified(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    plan = load_plan(matrix_manifest(tmp_path))
+    assert len(plan.jobs) == 50
+    report, prepared = await run_once(tmp_path, sim, plan)
+    assert report.exit_code == 0, report
+    assert report.counts["downloaded"] == 50
+    out = (tmp_path / "out").resolve()
+    assert prepared.output_dir == out
+    stats = sim.stats()
+    expected = {t["sha256"] for t in stats["tasks"].values()}
+    jobs = ledger_jobs(tmp_path)
+    for job in jobs:
+        path = Path(job.file_path)
+        assert path.parent == out  # never outside output_dir
+        data = path.read_bytes()
+        assert len(data) == job.bytes
+        assert hashlib.sha256(data).hexdigest() == job.sha256
+        assert stats["tasks"][job.task_id]["sha256"] == job.sha256
+    assert {j.sha256 for j in jobs} == expected
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(j.file_path).name for j in jobs)
+    assert not list(out.glob("*.part"))
+    assert stats["duplicate_creates"] == 0 and stats["creates"] == 50
+
+
+async def test_rerunning_a_finished_batch_sends_nothing(tmp_path: Path, sim: Simulator) -> None:
+    plan = load_plan(matrix_manifest(tmp_path, prompts=1))
+    first, _ = await run_once(tmp_path, sim, plan)
+    assert first.exit_code == 0
+    before = sim.stats()["api_requests"]
+    again, _ = await run_once(tmp_path, sim, plan)
+    assert again.exit_code == 0 and again.counts["downloaded"] == 10
+    assert sim.stats()["api_requests"] == before
+
+
+async def test_an_edited_manifest_submits_only_its_new_jobs(tmp_path: Path, sim: Simulator) -> None:
+    await run_once(tmp_path, sim, load_plan(matrix_manifest(tmp_path, prompts=1)))
+    bigger = load_plan(matrix_manifest(tmp_path, prompts=2))
+    report, prepared = await run_once(tmp_path, sim, bigger)
+    assert (prepared.new_jobs, prepared.known_jobs) == (10, 10)
+    assert report.exit_code == 0 and report.counts["downloaded"] == 20
+    assert sim.stats()["creates"] == 20
+
+
+async def test_401_stops_at_once_and_marks_nothing_failed(tmp_path: Path, sim: Simulator) -> None:
+    plan = load_plan(matrix_manifest(tmp_path, prompts=1))
+    with pytest.raises(AuthError):
+        await run_once(tmp_path, sim, plan, key="wrong-key")
+    states = {j.state for j in ledger_jobs(tmp_path)}
+    assert states == {"pending"}
+    assert sim.stats()["creates"] == 0
+
+
+async def test_failed_and_error_outcomes_end_failed_with_reasons(tmp_path: Path) -> None:
+    async with serve_simulator(
+        SimConfig(time_scale=SCALE, seed=11, fail_rate=0.3, error_rate=0.2)
+    ) as sim:
+        report, _ = await run_once(tmp_path, sim, load_plan(matrix_manifest(tmp_path)))
+        outcomes = {t: v["outcome"] for t, v in sim.stats()["tasks"].items()}
+    assert report.exit_code == 1
+    jobs = ledger_jobs(tmp_path)
+    for job in jobs:
+        outcome = outcomes[job.task_id]
+        if outcome == "completed":
+            assert job.state == "downloaded"
+        else:
+            assert job.state == "failed" and job.error_message, job
+    assert report.counts["failed"] == sum(1 for o in outcomes.values() if o != "completed") > 0
+
+
+async def test_faults_end_in_the_right_states_and_nothing_is_paid_twice(tmp_path: Path) -> None:
+    config = SimConfig(
+        time_scale=SCALE,
+        seed=5,
+        p_5xx=0.1,
+        p_drop_after_create=0.1,
+        p_truncate=0.3,
+        p_cdn_error=0.1,
+        url_ttl=0.05,
+        fail_rate=0.1,
+        error_rate=0.05,
+    )
+    plan = load_plan(matrix_manifest(tmp_path))
+    async with serve_simulator(config) as sim:
+        report, _ = await run_once(tmp_path, sim, plan)
+        stats = sim.stats()
+        jobs = ledger_jobs(tmp_path)
+        states = {j.state for j in jobs}
+        assert states <= {"downloaded", "failed", "in_doubt"}, states
+        in_doubt = [j for j in jobs if j.state == "in_doubt"]
+        assert in_doubt, "the seed should drop at least one create"
+        assert stats["counters"].get("drops_after_create", len(in_doubt)) >= len(in_doubt)
+        # Nothing is created twice without the user's say-so.
+        assert stats["duplicate_creates"] == 0
+        assert report.exit_code == 1
+        for job in jobs:
+            if job.state == "downloaded":
+                assert stats["tasks"][job.task_id]["sha256"] == job.sha256
+        # The user decides to resubmit the in-doubt jobs: now, and only now, duplicates appear.
+        with Ledger(tmp_path / "ledger.db") as ledger:
+            assert ledger.retry_in_doubt("e2e") == len(in_doubt)
+        calm = replace(OPTIONS)
+        sim.configure(p_drop_after_create=0.0, p_5xx=0.0, fail_rate=0.0, error_rate=0.0)
+        await run_once(tmp_path, sim, plan, calm)
+        assert sim.stats()["duplicate_creates"] == len(in_doubt)
+
+
+async def test_rate_limit_is_never_exceeded_in_any_window(tmp_path: Path, sim: Simulator) -> None:
+    limit, scale = 20, 0.02  # 20 requests per 1.2 s window
+    options = replace(OPTIONS, rate_per_minute=limit, time_scale=scale, concurrency=8)
+    report, _ = await run_once(
+        tmp_path, sim, load_plan(matrix_manifest(tmp_path, prompts=3)), options
+    )
+    assert report.exit_code == 0
+    times = sorted(sim.stats()["request_times"])
+    window = 60 * scale
+    worst = max(sum(1 for u in times[i:] if u < t + window) for i, t in enumerate(times))
+    assert worst <= limit, (worst, limit)
+    assert len(times) > 2 * limit  # the run really spanned several windows
+
+
+async def test_budget_stops_submissions(tmp_path: Path, sim: Simulator) -> None:
+    path = matrix_manifest(
+        tmp_path,
+        prompts=1,
+        extra="pricing: {doubao-seedance-2-0: 0.1, doubao-seedance-1-0-pro: 0.1}\nbudget_usd: 6\n",
+    )
+    plan = load_plan(path)  # 10 jobs x 5 s x $0.10 = $5.00: within the $6 budget
+    options = replace(OPTIONS, budget_usd=plan.manifest.budget_usd)
+    ledger_path = tmp_path / "ledger.db"
+    with Ledger(ledger_path) as ledger:
+        # Three jobs were tried before and failed ($1.50 spent); the user retries them.
+        prepare(ledger, plan, Endpoint(sim.base_url, sim.api_key), ledger_path)
+        jobs = ledger.pending_jobs("e2e", 3)
+        ledger.begin_submit_many([j.id for j in jobs])
+        for j in jobs:
+            ledger.record_submitted(j.id, f"old-{j.id}", "queued", 0)
+            ledger.record_failed(j.id, "FAILED", "earlier attempt")
+        assert ledger.retry_failed("e2e") == 3
+    report, _ = await run_once(tmp_path, sim, plan, options)
+    # $1.50 spent + 9 x $0.50 = $6.00; the tenth would exceed the budget.
+    assert report.budget_blocked and report.exit_code == 1
+    assert sim.stats()["creates"] == 9
+    assert report.counts["pending"] == 1 and report.counts["downloaded"] == 9
