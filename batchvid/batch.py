@@ -98,7 +98,7 @@ def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint, ledger_path: Path) -
     (a simulator's task ids mean nothing to the real API, and vice versa).
     """
     existing = ledger.get_batch(plan.batch)
-    known_endpoint = getattr(existing, "endpoint", None) if existing else None
+    known_endpoint = existing.endpoint if existing else None
     if existing is not None and known_endpoint and known_endpoint != endpoint.name:
         has_tasks = any(j.task_id for j in ledger.jobs(plan.batch))
         if has_tasks:
@@ -110,9 +110,6 @@ def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint, ledger_path: Path) -
     output_dir = output_dir_for(plan, ledger_path)
     manifest = plan.manifest
     limits = {k: v for k, v in vars_of(manifest.limits).items() if v is not None}
-    kwargs: dict[str, Any] = {}
-    if "endpoint" in Ledger.upsert_batch.__code__.co_varnames:
-        kwargs["endpoint"] = endpoint.name
     ledger.upsert_batch(
         plan.batch,
         manifest_path=manifest.path.resolve(),
@@ -121,7 +118,7 @@ def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint, ledger_path: Path) -
         limits=limits,
         pricing=manifest.pricing,
         budget_usd=manifest.budget_usd,
-        **kwargs,
+        endpoint=endpoint.name,
     )
     new = ledger.upsert_jobs(plan.batch, plan.jobs, est_cost=plan.cost_of)  # type: ignore[arg-type]
     return Prepared(plan.batch, output_dir, new, len(plan.jobs) - new)

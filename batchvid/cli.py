@@ -181,10 +181,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
-from .cli_run import retry, run, status  # noqa: E402  (commands register on the group)
+from .cli_report import report  # noqa: E402  (commands register on the group)
+from .cli_run import retry, run, status  # noqa: E402
 from .cli_simulator import simulator  # noqa: E402
 
-for _command in (run, status, retry, simulator):
+for _command in (run, status, retry, report, simulator):
     cli.add_command(_command)
 
 

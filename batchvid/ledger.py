@@ -33,8 +33,8 @@ from typing import Any, Final
 
 from .errors import IllegalTransition, LedgerError
 from .ledger_queries import LedgerQueries
-from .ledger_rows import BatchRow, JobInput, references_json, utc_iso
-from .ledger_schema import MIGRATIONS, open_connection
+from .ledger_rows import BatchRow, JobInput, axes_json, references_json, utc_iso
+from .ledger_schema import MIGRATIONS, open_connection, open_read_only
 from .states import POLLING_STATES, JobState, check_transition, poll_state, remote_state
 
 __all__ = ["MIGRATIONS", "Ledger", "utc_iso"]
@@ -54,6 +54,9 @@ class Ledger(LedgerQueries):
     """One ledger file, open and migrated.  Thread-safe; use as a context manager.
 
     ``clock`` returns unix seconds (``time.time``); tests inject their own.
+    ``create=False`` refuses a missing file.  ``read_only=True`` opens an existing,
+    current ledger for queries only (reports beside a running batch): nothing is
+    created or migrated, and every write raises :class:`LedgerError`.
     """
 
     def __init__(
@@ -62,10 +65,15 @@ class Ledger(LedgerQueries):
         *,
         clock: Callable[[], float] = time.time,
         create: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.RLock()
+        self.read_only = read_only
+        if read_only:
+            self._conn = open_read_only(self.path)
+            return
         if not create and not self.path.exists():
             raise LedgerError(f"no ledger at {self.path}")
         self._conn = open_connection(self.path)
@@ -73,8 +81,9 @@ class Ledger(LedgerQueries):
     def close(self) -> None:
         """Close the file (idempotent)."""
         with self._lock:
-            with suppress(sqlite3.Error):  # closed already, or busy: the hint is optional
-                self._conn.execute("PRAGMA optimize")
+            if not self.read_only:
+                with suppress(sqlite3.Error):  # closed already, or busy: the hint is optional
+                    self._conn.execute("PRAGMA optimize")
             self._conn.close()
 
     def __enter__(self) -> Ledger:
@@ -193,8 +202,13 @@ class Ledger(LedgerQueries):
         limits: Mapping[str, Any] | None = None,
         pricing: Mapping[str, Any] | None = None,
         budget_usd: float | None = None,
+        endpoint: str | None = None,
     ) -> BatchRow:
-        """Record a batch, or update its manifest facts and settings (its jobs are untouched)."""
+        """Record a batch, or update its manifest facts and settings (its jobs are untouched).
+
+        ``endpoint`` is the API base URL a run uses (or ``"simulator"``); ``None``
+        keeps the one already recorded.
+        """
         values = {
             "name": name,
             "manifest_path": str(manifest_path),
@@ -203,18 +217,21 @@ class Ledger(LedgerQueries):
             "limits_json": json.dumps(dict(limits or {}), sort_keys=True),
             "pricing_json": json.dumps(dict(pricing or {}), sort_keys=True),
             "budget_usd": budget_usd,
+            "endpoint": endpoint,
             **self._stamp(),
         }
         with self._write() as conn:
             conn.execute(
                 """INSERT INTO batches (name, manifest_path, manifest_sha256, output_dir,
-                    limits_json, pricing_json, budget_usd, created_utc, updated_utc)
+                    limits_json, pricing_json, budget_usd, endpoint, created_utc, updated_utc)
                 VALUES (:name, :manifest_path, :manifest_sha256, :output_dir, :limits_json,
-                    :pricing_json, :budget_usd, :now, :now)
+                    :pricing_json, :budget_usd, :endpoint, :now, :now)
                 ON CONFLICT (name) DO UPDATE SET manifest_path = excluded.manifest_path,
                     manifest_sha256 = excluded.manifest_sha256, output_dir = excluded.output_dir,
                     limits_json = excluded.limits_json, pricing_json = excluded.pricing_json,
-                    budget_usd = excluded.budget_usd, updated_utc = excluded.updated_utc""",
+                    budget_usd = excluded.budget_usd,
+                    endpoint = coalesce(excluded.endpoint, batches.endpoint),
+                    updated_utc = excluded.updated_utc""",
                 values,
             )
             row = conn.execute("SELECT * FROM batches WHERE name = ?", (name,)).fetchone()
@@ -231,6 +248,7 @@ class Ledger(LedgerQueries):
 
         A key the batch already has keeps its row untouched: its state, task id
         and everything learned since (and ``est_cost`` is not asked about it).
+        A job's ``axes`` (matrix values), when it has them, are stored too.
         One transaction, however many jobs.
         """
         now = utc_iso(self._clock())
@@ -242,9 +260,10 @@ class Ledger(LedgerQueries):
                 known.add(j.key)
                 cost = est_cost(j) if est_cost is not None else None
                 refs = references_json(j.references)
+                axes = axes_json(getattr(j, "axes", ()))
                 yield (
                     *(batch, j.key, j.index, j.take, j.prompt_id, j.prompt, j.model),
-                    *(j.seconds, j.size, j.resolution, refs, cost, now, now),
+                    *(j.seconds, j.size, j.resolution, refs, axes, cost, now, now),
                 )
 
         with self._write() as conn:
@@ -254,8 +273,9 @@ class Ledger(LedgerQueries):
             before = conn.total_changes
             conn.executemany(
                 """INSERT INTO jobs (batch, key, idx, take, prompt_id, prompt, model, seconds,
-                    size, resolution, references_json, est_cost_usd, created_utc, updated_utc)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    size, resolution, references_json, axes_json, est_cost_usd, created_utc,
+                    updated_utc)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (batch, key) DO NOTHING""",
                 new_rows(known),
             )

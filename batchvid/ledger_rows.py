@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -27,6 +28,7 @@ __all__ = [
     "NewJob",
     "ReferenceInput",
     "StoredReference",
+    "axes_json",
     "references_json",
     "utc_iso",
 ]
@@ -44,7 +46,11 @@ class ReferenceInput(Protocol):
 
 
 class JobInput(Protocol):
-    """One expanded job to record (``expand.JobSpec`` fits); ``index`` becomes ``idx``."""
+    """One expanded job to record (``expand.JobSpec`` fits); ``index`` becomes ``idx``.
+
+    An ``axes`` attribute (the matrix values that made the job, as ``(name,
+    value)`` pairs) is recorded when present; it is optional.
+    """
 
     @property
     def key(self) -> str: ...
@@ -91,6 +97,7 @@ class NewJob:
     take: int = 1
     prompt_id: str | None = None
     references: tuple[StoredReference, ...] = field(default=())
+    axes: tuple[tuple[str, str], ...] = field(default=())
 
 
 def utc_iso(t: float) -> str:
@@ -106,6 +113,13 @@ def references_json(refs: Sequence[ReferenceInput]) -> str:
     return json.dumps(
         [{"path": str(r.path), "sha256": r.sha256, "content_type": r.content_type} for r in refs]
     )
+
+
+def axes_json(axes: Sequence[tuple[str, str]]) -> str:
+    """The ``jobs.axes_json`` text: ``[[name, value], ...]`` in manifest order."""
+    if not axes:
+        return "[]"
+    return json.dumps([[str(name), str(value)] for name, value in axes], ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +141,7 @@ class JobRow:
     size: str
     resolution: str
     references_json: str
+    axes_json: str
     est_cost_usd: float | None
     state: JobState
     task_id: str | None
@@ -163,7 +178,12 @@ class JobRow:
 
     @property
     def references(self) -> tuple[StoredReference, ...]:
-        return tuple(StoredReference(**r) for r in json.loads(self.references_json))
+        return _decode_references(self.references_json)
+
+    @property
+    def axes(self) -> tuple[tuple[str, str], ...]:
+        """The matrix values that made this job, ``(name, value)`` in manifest order."""
+        return _decode_axes(self.axes_json)
 
     def to_request(self) -> VideoRequest:
         """The create request this job sends (references as paths, in upload order)."""
@@ -175,6 +195,22 @@ class JobRow:
             self.resolution,
             tuple(Path(r.path) for r in self.references),
         )
+
+
+# Jobs of a batch share a few distinct values (a matrix has few combinations), and
+# the results are immutable: decode each text once.
+@lru_cache(maxsize=4096)
+def _decode_axes(text: str) -> tuple[tuple[str, str], ...]:
+    if text == "[]":
+        return ()
+    return tuple((str(name), str(value)) for name, value in json.loads(text))
+
+
+@lru_cache(maxsize=4096)
+def _decode_references(text: str) -> tuple[StoredReference, ...]:
+    if text == "[]":
+        return ()
+    return tuple(StoredReference(**r) for r in json.loads(text))
 
 
 #: The ``jobs`` columns in :class:`JobRow` field order, for ``SELECT``.
@@ -195,6 +231,8 @@ class BatchRow:
     budget_usd: float | None
     created_utc: str
     updated_utc: str
+    endpoint: str | None
+    """The API base URL the batch last ran against, or ``"simulator"``; ``None``: not run yet."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> BatchRow:
@@ -208,6 +246,7 @@ class BatchRow:
             budget_usd=row["budget_usd"],
             created_utc=row["created_utc"],
             updated_utc=row["updated_utc"],
+            endpoint=row["endpoint"],
         )
 
 

@@ -16,7 +16,7 @@ import sqlite_utils
 
 from .errors import LedgerError
 
-__all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS", "open_connection"]
+__all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS", "open_connection", "open_read_only"]
 
 #: How long a writer waits for another process's transaction before giving up.
 BUSY_TIMEOUT_MS: Final = 10_000
@@ -110,6 +110,19 @@ def m001_initial(db: sqlite_utils.Database) -> None:
 _migration(m001_initial)
 
 
+def m002_axes_and_endpoint(db: sqlite_utils.Database) -> None:
+    """Each job's matrix values (for reports laid out on them); each batch's API endpoint.
+
+    ``jobs.axes_json`` is a JSON list of ``[name, value]`` pairs in manifest order;
+    ``batches.endpoint`` is the API base URL the batch ran against, or ``simulator``.
+    """
+    db.execute("ALTER TABLE jobs ADD COLUMN axes_json TEXT NOT NULL DEFAULT '[]'")
+    db.execute("ALTER TABLE batches ADD COLUMN endpoint TEXT")
+
+
+_migration(m002_axes_and_endpoint)
+
+
 def open_connection(path: Path) -> sqlite3.Connection:
     """Open (creating folders and file if need be), configure and migrate a ledger file.
 
@@ -140,11 +153,51 @@ def open_connection(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    db = sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """Open an existing, current ledger for reading only: no file is created or migrated.
+
+    For reports and status beside a running batch (WAL lets them read while it
+    writes).  A missing file, a non-ledger, or a ledger that still needs a
+    migration is a :class:`LedgerError`.
+    """
+    if not path.is_file():
+        raise LedgerError(f"no ledger at {path}")
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only = ON")
+        db = sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
+        _check_known(db, path)
+        pending = [m.name for m in MIGRATIONS.pending(db)]
+        if pending and len(pending) == len(_MIGRATION_NAMES):
+            raise LedgerError(f"{path} is not a batchvid ledger")
+        if pending:
+            raise LedgerError(
+                f"ledger {path} predates this batchvid (needs {', '.join(pending)}): "
+                "any command that writes to it (such as `batchvid run`) upgrades it"
+            )
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+        raise
+    return conn
+
+
+def _check_known(db: sqlite_utils.Database, path: Path) -> None:
     unknown = [m.name for m in MIGRATIONS.applied(db) if m.name not in _MIGRATION_NAMES]
     if unknown:
         raise LedgerError(f"ledger {path} was written by a newer batchvid (migrations {unknown})")
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    db = sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
+    _check_known(db, path)
     if not MIGRATIONS.pending(db):
         return
     # One opener migrates; a concurrent one waits for the lock, then finds nothing pending.

@@ -8,10 +8,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from batchvid.errors import IllegalTransition, LedgerError
 from batchvid.ledger import Ledger, utc_iso
 from batchvid.ledger_rows import JobInput, JobRow, NewJob, StoredReference
+from batchvid.ledger_schema import MIGRATIONS
+from batchvid.plan import load_plan
 from batchvid.request import VideoRequest
 from batchvid.states import TRANSITIONS, JobState, chain_problem, poll_state
 
@@ -199,7 +202,93 @@ def test_migrations_apply_once_and_reopening_keeps_data(path: Path, clock: Clock
         applied = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
     finally:
         conn.close()
-    assert applied == [("batchvid", "m001_initial")]
+    assert applied == [("batchvid", "m001_initial"), ("batchvid", "m002_axes_and_endpoint")]
+
+
+def test_m002_upgrades_an_m001_ledger_and_keeps_its_data(path: Path, clock: Clock) -> None:
+    """A ledger written before m002 gains ``axes_json`` and ``endpoint``; nothing is lost."""
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    try:
+        MIGRATIONS.apply(
+            sqlite_utils.Database(conn, execute_plugins=False),
+            stop_before="m002_axes_and_endpoint",
+        )
+        conn.execute(
+            "INSERT INTO batches (name, manifest_path, manifest_sha256, output_dir, created_utc,"
+            " updated_utc) VALUES ('old', 'old.yaml', ?, 'out', 'then', 'then')",
+            ("0" * 64,),
+        )
+        conn.execute(
+            "INSERT INTO jobs (batch, key, idx, prompt, model, seconds, size, resolution, state,"
+            " task_id, attempts, billable_attempts, created_utc, updated_utc) VALUES"
+            " ('old', 'k', 1, 'p', 'm', 5, '16:9', '720p', 'queued', 't1', 1, 1, 'then', 'then')"
+        )
+        conn.commit()
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+        assert "axes_json" not in columns
+    finally:
+        conn.close()
+    with Ledger(path, clock=clock) as ledger:
+        batch = ledger.get_batch("old")
+        assert batch is not None and batch.endpoint is None and batch.output_dir == "out"
+        job = ledger.job_by_key("old", "k")
+        assert job is not None
+        assert (job.state, job.task_id, job.axes, job.axes_json) == (S.QUEUED, "t1", (), "[]")
+        ledger.upsert_jobs("old", [NewJob(key="k2", index=2, prompt="p", model="m", axes=AXES)])
+        assert ledger.job_by_key("old", "k2") is not None
+        assert ledger.counts("old")[S.QUEUED] == 1
+
+
+AXES = (("model", "doubao-seedance-2-0"), ("size", "9:16"), ("style", "film noir, «ü»"))
+
+
+def test_job_axes_round_trip_in_manifest_order(ledger: Ledger) -> None:
+    ledger.upsert_jobs(
+        "b",
+        [
+            NewJob(key="a", index=1, prompt="p", model="m", axes=AXES),
+            NewJob(key="plain", index=2, prompt="p", model="m"),
+        ],
+    )
+    row = ledger.job_by_key("b", "a")
+    assert row is not None and row.axes == AXES
+    plain = ledger.job_by_key("b", "plain")
+    assert plain is not None and plain.axes == () and plain.axes_json == "[]"
+    # A known key keeps what it was recorded with, even if the manifest's axes change.
+    ledger.upsert_jobs("b", [NewJob(key="a", index=1, prompt="p", model="m", axes=AXES[:1])])
+    again = ledger.job_by_key("b", "a")
+    assert again is not None and again.axes == AXES
+
+
+def test_a_jobspec_from_the_expander_records_its_axes(ledger: Ledger, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "version: 1\nbatch: b\ndefaults: {model: doubao-seedance-2-0}\n"
+        "matrix:\n  size: ['16:9', '9:16']\n  style: [noir, pastel]\n"
+        "prompts: ['a {style} shot']\n"
+    )
+    jobs = load_plan(manifest).jobs
+    ledger.upsert_jobs("b", jobs)
+    rows = list(ledger.jobs("b"))
+    assert [r.axes for r in rows] == [j.axes for j in jobs]
+    assert rows[0].axes == (("size", "16:9"), ("style", "noir"))
+
+
+def test_upsert_batch_keeps_the_endpoint_unless_given_one(ledger: Ledger) -> None:
+    def upsert(endpoint: str | None) -> str | None:
+        row = ledger.upsert_batch(
+            "b", manifest_path="b.yaml", manifest_sha256="0" * 64, output_dir="out/b",
+            endpoint=endpoint,
+        )  # fmt: skip
+        return row.endpoint
+
+    batch = ledger.get_batch("b")
+    assert batch is not None and batch.endpoint is None
+    assert upsert("simulator") == "simulator"
+    assert upsert(None) == "simulator"
+    assert upsert("https://api.cometapi.com") == "https://api.cometapi.com"
+    assert [b.endpoint for b in ledger.batches()] == ["https://api.cometapi.com"]
 
 
 def test_a_ledger_from_a_newer_batchvid_is_refused(path: Path) -> None:
@@ -226,6 +315,54 @@ def test_create_false_refuses_a_missing_ledger(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="no ledger"):
         Ledger(tmp_path / "missing.db", create=False)
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_read_only_reads_beside_a_writer_and_writes_nothing(path: Path, clock: Clock) -> None:
+    with Ledger(path, clock=clock) as writer:
+        add_batch(writer, "b")
+        writer.upsert_jobs("b", specs(3))
+        with Ledger(path, read_only=True) as reader:
+            assert reader.counts("b")[S.PENDING] == 3
+            writer.begin_submit(writer.pending_jobs("b", 1)[0].id)  # the writer goes on
+            assert reader.counts("b")[S.SUBMITTING] == 1  # and the reader sees it
+            with pytest.raises(LedgerError, match="readonly"):
+                reader.upsert_jobs("b", specs(1, prefix="new"))
+            with pytest.raises(LedgerError, match="readonly"):
+                reader.begin_submit(2)
+    with Ledger(path, read_only=True) as reader:  # after the writer closed (no -wal left), too
+        assert reader.counts("b")[S.PENDING] == 2
+
+
+def test_read_only_refuses_missing_foreign_and_outdated_files(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="no ledger at"):
+        Ledger(tmp_path / "missing.db", read_only=True)
+    assert not (tmp_path / "missing.db").exists()
+    bogus = tmp_path / "notes.db"
+    bogus.write_bytes(b"this is not sqlite, just text\n" * 100)
+    with pytest.raises(LedgerError, match="cannot open ledger"):
+        Ledger(bogus, read_only=True)
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with pytest.raises(LedgerError, match="not a batchvid ledger"):
+        Ledger(other, read_only=True)
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    try:
+        MIGRATIONS.apply(
+            sqlite_utils.Database(conn, execute_plugins=False),
+            stop_before="m002_axes_and_endpoint",
+        )
+    finally:
+        conn.close()
+    with pytest.raises(LedgerError, match="needs m002_axes_and_endpoint"):
+        Ledger(old, read_only=True)
+    conn = sqlite3.connect(old)
+    try:  # still m001 only: the read-only open migrated nothing
+        assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == 1
+    finally:
+        conn.close()
 
 
 def test_close_is_idempotent(path: Path) -> None:
