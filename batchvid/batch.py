@@ -24,6 +24,7 @@ from .manifest import Limits
 from .plan import Plan
 from .ratelimit import RateLimiter
 from .runner import Runner, RunOptions, RunReport
+from .states import JobState as S
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -34,6 +35,7 @@ __all__ = [
     "batch_lock",
     "options_for",
     "prepare",
+    "prepare_resume_only",
     "run_batch",
 ]
 
@@ -67,6 +69,8 @@ class Prepared:
     output_dir: Path
     new_jobs: int
     known_jobs: int
+    #: Never-sent jobs that left the manifest since the last run (dropped).
+    dropped_jobs: int = 0
 
 
 def options_for(limits: Limits, overrides: dict[str, Any]) -> RunOptions:
@@ -121,7 +125,29 @@ def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint, ledger_path: Path) -
         endpoint=endpoint.name,
     )
     new = ledger.upsert_jobs(plan.batch, plan.jobs, est_cost=plan.cost_of)  # type: ignore[arg-type]
-    return Prepared(plan.batch, output_dir, new, len(plan.jobs) - new)
+    dropped = ledger.drop_unsent(plan.batch, (job.key for job in plan.jobs))
+    return Prepared(plan.batch, output_dir, new, len(plan.jobs) - new, dropped)
+
+
+def prepare_resume_only(ledger: Ledger, batch: str, endpoint: Endpoint) -> Prepared | None:
+    """For a manifest that no longer validates: the batch as the ledger knows it.
+
+    Resuming never re-validates work that is already paid for, so its tasks
+    are still polled and downloaded (nothing new is submitted).  ``None`` when
+    the ledger has no such batch or nothing in it is waiting on the API.
+    """
+    row = ledger.get_batch(batch)
+    if row is None:
+        return None
+    counts = ledger.counts(batch)
+    waiting = sum(counts[s] for s in (S.SUBMITTING, S.QUEUED, S.IN_PROGRESS, S.COMPLETED))
+    if not waiting:
+        return None
+    if row.endpoint and row.endpoint != endpoint.name:
+        raise BatchvidError(
+            f"batch {batch!r} in this ledger ran against {row.endpoint}, not {endpoint.name}"
+        )
+    return Prepared(batch, Path(row.output_dir), 0, sum(counts.values()), 0)
 
 
 def vars_of(limits: Limits) -> dict[str, Any]:

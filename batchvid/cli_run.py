@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,14 @@ from .batch import (
     open_ledger,
     options_for,
     prepare,
+    prepare_resume_only,
     run_batch,
 )
 from .errors import BatchvidError, ManifestError
 from .ledger import Ledger
-from .plan import load_plan
-from .runner import Runner, RunReport, Snapshot
+from .manifest import Limits
+from .plan import batch_name_of, load_plan
+from .runner import Runner, RunOptions, RunReport, Snapshot
 from .states import JobState
 
 __all__ = ["retry", "run", "status"]
@@ -65,8 +68,9 @@ def ledger_option(f: Any) -> Any:
 @ledger_option
 @click.option(
     "--rate-per-minute",
-    type=click.FloatRange(min=0, min_open=True),
-    help="API requests per minute, all kinds together [manifest limits; default 60].",
+    type=click.FloatRange(min=0),
+    help="API requests per minute, all kinds together; 0 for no limit "
+    "[manifest limits; default 60].",
 )
 @click.option(
     "--concurrency",
@@ -128,12 +132,6 @@ def run(
     The API key comes from COMETAPI_KEY and is sent only to the API host.
     """
     ledger_path = _ledger_path(ledger)
-    try:
-        plan = load_plan(manifest)
-    except ManifestError:
-        raise  # the CLI group prints every issue, exit 2
-    for issue in plan.warnings:
-        click.echo(str(issue), err=True)
     if simulate and base_url:
         raise click.UsageError("--simulate runs its own simulator: leave out --base-url")
     key = os.environ.get("COMETAPI_KEY")
@@ -144,27 +142,79 @@ def run(
         api_key=key,
         simulate=simulate,
     )
-    overrides = {
+    overrides: dict[str, Any] = {
         "rate_per_minute": rate_per_minute,
         "concurrency": concurrency,
         "max_active": max_active,
         "poll_interval": poll_interval,
     }
-    options = options_for(plan.manifest.limits, overrides)
-    options = replace(options, download=not no_download, budget_usd=plan.manifest.budget_usd)
-    if time_scale is not None:
-        options = replace(options, time_scale=time_scale)
+
+    def options_from(limits: Limits, budget: float | None) -> RunOptions:
+        options = options_for(limits, overrides)
+        if rate_per_minute == 0:
+            options = replace(options, rate_per_minute=None)
+        options = replace(options, download=not no_download, budget_usd=budget)
+        return options if time_scale is None else replace(options, time_scale=time_scale)
+
+    try:
+        plan = load_plan(manifest)
+    except ManifestError as exc:
+        _finish_paid_work(exc, manifest, ledger_path, endpoint, options_from)
+        raise  # nothing waits on the API: the CLI group prints every issue, exit 2
+    for issue in plan.warnings:
+        click.echo(str(issue), err=True)
+    options = options_from(plan.manifest.limits, plan.manifest.budget_usd)
     with open_ledger(ledger_path) as store, batch_lock(ledger_path, plan.batch):
         prepared = prepare(store, plan, endpoint, ledger_path)
         where = "the built-in simulator" if simulate else endpoint.name
+        dropped = (
+            f"; {prepared.dropped_jobs} never-sent jobs no longer in the manifest dropped"
+            if prepared.dropped_jobs
+            else ""
+        )
         click.echo(
-            f"batch {plan.batch}: {len(plan.jobs)} jobs ({prepared.new_jobs} new) "
+            f"batch {plan.batch}: {len(plan.jobs)} jobs ({prepared.new_jobs} new{dropped}) "
             f"against {where}; ledger {ledger_path}",
             err=True,
         )
         report = anyio.run(_run_with_display, store, prepared, endpoint, options)
     _print_summary(report, ledger_path)
     sys.exit(report.exit_code)
+
+
+def _finish_paid_work(
+    error: ManifestError,
+    manifest: str,
+    ledger_path: Path,
+    endpoint: Endpoint,
+    options_from: Callable[[Limits, float | None], RunOptions],
+) -> None:
+    """An invalid manifest submits nothing, but tasks already paid for are still finished.
+
+    Returns (so the caller reports the errors) when the ledger has nothing of
+    this batch waiting on the API; otherwise finishes it and exits 2 (or 130).
+    """
+    batch = batch_name_of(manifest)
+    if batch is None or not ledger_path.exists():
+        return
+    with open_ledger(ledger_path) as store, batch_lock(ledger_path, batch):
+        prepared = prepare_resume_only(store, batch, endpoint)
+        if prepared is None:
+            return
+        row = store.get_batch(batch)
+        assert row is not None
+        limits = Limits(**{k: v for k, v in row.limits.items() if k in Limits.__slots__})
+        options = replace(options_from(limits, row.budget_usd), submit=False)
+        _print_issues(error.issues)
+        click.echo(
+            "the manifest has errors (above), so nothing new is submitted; finishing the "
+            f"jobs of batch {batch} that were already sent",
+            err=True,
+        )
+        report = anyio.run(_run_with_display, store, prepared, endpoint, options)
+    _print_summary(report, ledger_path)
+    click.echo("fix the manifest and run again to submit the rest", err=True)
+    sys.exit(130 if report.interrupted else 2)
 
 
 async def _run_with_display(
@@ -269,6 +319,11 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _print_issues(issues: Sequence[Any]) -> None:
+    for issue in issues:
+        click.echo(str(issue), err=True)
 
 
 def _print_summary(report: RunReport, ledger_path: Path) -> None:

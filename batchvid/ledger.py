@@ -9,8 +9,11 @@ Every state change is a named method that checks the move against
 :data:`batchvid.states.TRANSITIONS` inside a ``BEGIN IMMEDIATE`` transaction
 (read the state, conditional ``UPDATE ... WHERE state = <that state>``, append
 the ``events`` row, commit): a kill at any instant leaves all of it or none.
-The file is in WAL mode with ``synchronous=FULL``, so a committed
-``submitting`` intent survives even a power cut before the create leaves.
+The file is in WAL mode: every commit survives the process being killed.  The
+commits that must also survive a power cut (a ``submitting`` intent, before
+its create leaves, and the task id the create returned) are fsynced
+(``synchronous=FULL`` for that commit, which also makes everything before it
+durable); the rest are not, which keeps a busy batch from waiting on the disk.
 
 Cost is counted per attempt: ``billable_attempts`` is raised when a create
 intent is recorded and lowered only when the request provably did no work
@@ -100,11 +103,17 @@ class Ledger(LedgerQueries):
     # -- plumbing ---------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding the write lock from its first statement."""
+    def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding the write lock from its first statement.
+
+        ``durable``: fsync this commit (and so every commit before it) before
+        returning, for writes that must survive a power cut, not only a kill.
+        """
         with self._lock:
             conn = self._conn
             try:
+                if durable:
+                    conn.execute("PRAGMA synchronous = FULL")
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -117,6 +126,10 @@ class Ledger(LedgerQueries):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise LedgerError(f"ledger {self.path}: {exc}") from exc
+            finally:
+                if durable:
+                    with suppress(sqlite3.Error):
+                        conn.execute("PRAGMA synchronous = NORMAL")
 
     def _stamp(self) -> dict[str, Any]:
         now = self._clock()
@@ -131,6 +144,8 @@ class Ledger(LedgerQueries):
         sets: str = "",
         params: Mapping[str, Any] | None = None,
         detail: Mapping[str, Any] | None = None,
+        *,
+        durable: bool = False,
     ) -> JobState:
         """Apply one job's state change (or same-state update) and its event, atomically.
 
@@ -138,7 +153,7 @@ class Ledger(LedgerQueries):
         state, or a function of the current one.  A change of state must be in
         the transition table and writes an ``events`` row; staying put does not.
         """
-        with self._write() as conn:
+        with self._write(durable=durable) as conn:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise LedgerError(f"no job with id {job_id}")
@@ -282,6 +297,26 @@ class Ledger(LedgerQueries):
             added = conn.total_changes - before
         return added
 
+    def drop_unsent(self, batch: str, keep: Iterable[str]) -> int:
+        """Delete the batch's pending jobs that were never sent and whose key is not in ``keep``.
+
+        For a manifest edited between runs: a job it no longer lists, and that
+        never left (no attempt, no event), has nothing to lose and must not be
+        submitted.  Jobs with any history stay.  Returns how many were dropped.
+        """
+        with self._write() as conn:
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS kept_keys (key TEXT PRIMARY KEY)")
+            conn.execute("DELETE FROM kept_keys")
+            conn.executemany("INSERT OR IGNORE INTO kept_keys VALUES (?)", ((k,) for k in keep))
+            dropped = conn.execute(
+                """DELETE FROM jobs WHERE batch = ? AND state = 'pending' AND attempts = 0
+                    AND key NOT IN (SELECT key FROM kept_keys)
+                    AND NOT EXISTS (SELECT 1 FROM events WHERE events.job_id = jobs.id)""",
+                (batch,),
+            ).rowcount
+            conn.execute("DELETE FROM kept_keys")
+        return int(dropped)
+
     # -- transitions: submitting ------------------------------------------------
 
     def begin_submit(self, job_id: int) -> None:
@@ -297,7 +332,8 @@ class Ledger(LedgerQueries):
         if not ids:
             return
         now = utc_iso(self._clock())
-        with self._write() as conn:
+        # Durable: the intent must be on disk before the create can leave.
+        with self._write(durable=True) as conn:
             found = {
                 i: conn.execute("SELECT state FROM jobs WHERE id = ?", (i,)).fetchone() for i in ids
             }
@@ -346,6 +382,7 @@ class Ledger(LedgerQueries):
                 "started": started,
             },
             {"task_id": task_id, "remote_status": remote_status},
+            durable=True,  # a paid task's id must survive a power cut
         )
 
     def record_rejected(self, job_id: int, code: str | None, message: str) -> None:

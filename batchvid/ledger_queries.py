@@ -102,18 +102,29 @@ class LedgerQueries:
 
     def completed_jobs(self, batch: str, limit: int) -> list[JobRow]:
         """Jobs to download: the soonest-expiring URL first, unknown expiry last."""
+        # Pinned to the partial index of completed jobs: statistics gathered while
+        # nearly every job was downloaded would otherwise suggest a full scan.
         return self._jobs_where(
             "state = 'completed'",
             "video_url_expires_at IS NULL, video_url_expires_at, idx, id",
             batch,
             limit,
+            index="jobs_download_queue",
         )
 
     def _jobs_where(
-        self, where: str, order: str, batch: str, limit: int, at: float | None = None
+        self,
+        where: str,
+        order: str,
+        batch: str,
+        limit: int,
+        at: float | None = None,
+        *,
+        index: str | None = None,
     ) -> list[JobRow]:
+        indexed = f" INDEXED BY {index}" if index else ""
         rows = self._rows(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE batch = :batch AND {where}"
+            f"SELECT {JOB_COLUMNS} FROM jobs{indexed} WHERE batch = :batch AND {where}"
             f" ORDER BY {order} LIMIT :limit",
             {"batch": batch, "limit": limit, "at": at},
         )

@@ -18,7 +18,7 @@ from .expand import Expansion, JobSpec, Merge, expand
 from .manifest import Manifest, parse_manifest
 from .yamlsrc import read_source
 
-__all__ = ["ModelTotals", "Plan", "Totals", "load_plan", "price_per_second"]
+__all__ = ["ModelTotals", "Plan", "Totals", "batch_name_of", "load_plan", "price_per_second"]
 
 
 def price_per_second(
@@ -180,6 +180,15 @@ def _budget_issues(manifest: Manifest, totals: Totals) -> list[Issue]:
             )
         ]
     return []
+
+
+def batch_name_of(path: str | Path) -> str | None:
+    """The ``batch:`` a manifest names, even when the rest of it does not validate."""
+    source, _ = read_source(Path(path))
+    if source is None:
+        return None
+    manifest, _ = parse_manifest(source)
+    return manifest.batch or None
 
 
 def load_plan(path: str | Path, *, display: str | None = None) -> Plan:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -150,6 +150,8 @@ class Runner:
         self._rng = rng or random.Random()
         self._wake = anyio.Event()
         self._busy: set[int] = set()
+        #: Busy jobs per kind of work: a look for work of one kind skips only those.
+        self._busy_kind: dict[str, int] = {"download": 0, "poll": 0, "submit": 0}
         self._unsent_claims = 0
         self._unsent_cost = 0.0
         self._stopping = False
@@ -157,6 +159,11 @@ class Runner:
         self._budget_blocked = False
         self._download_tries: dict[int, int] = {}
         self._download_after: dict[int, float] = {}
+        # Hints that spare the dispatcher queries that cannot find anything new:
+        # set when a worker may have made work of that kind, cleared when a look
+        # found less than it asked for (it saw everything there was).
+        self._look_for_downloads = True
+        self._look_for_pending = True
         self._submit_pause_until = 0.0
         self._submit_setbacks = 0
         self._history: dict[tuple[str, int, str], float | None] = {}
@@ -249,30 +256,43 @@ class Runner:
         )
 
     def _start_downloads(self, tg: TaskGroup, free: int, now: float) -> int:
+        retry_due = any(at <= now for at in self._download_after.values())
+        if not (self._look_for_downloads or retry_due):
+            return 0
+        limit = free + self._busy_kind["download"]
+        jobs = self.ledger.completed_jobs(self.batch, limit=limit)
+        # Seen them all only if the page was short and none was left for lack of room.
+        self._look_for_downloads = len(jobs) >= limit
         started = 0
-        for job in self.ledger.completed_jobs(self.batch, limit=free + len(self._busy)):
+        for job in jobs:
             if started >= free:
+                self._look_for_downloads = True
                 break
             if job.id in self._busy or self._download_after.get(job.id, 0.0) > now:
                 continue
             if self._download_tries.get(job.id, 0) >= self.options.download_attempts:
                 continue
-            self._spawn(tg, self._download, job)
+            self._spawn(tg, "download", self._download, job)
             started += 1
         return started
 
     def _start_polls(self, tg: TaskGroup, free: int, now: float) -> int:
+        next_poll = self.ledger.next_poll_time(self.batch)
+        if next_poll is None or next_poll > now:
+            return 0
         started = 0
-        for job in self.ledger.due_polls(self.batch, now, limit=free + len(self._busy)):
+        for job in self.ledger.due_polls(self.batch, now, limit=free + self._busy_kind["poll"]):
             if started >= free:
                 break
             if job.id in self._busy:
                 continue
-            self._spawn(tg, self._poll, job)
+            self._spawn(tg, "poll", self._poll, job)
             started += 1
         return started
 
     def _start_submits(self, tg: TaskGroup, free: int) -> int:
+        if not self._look_for_pending:
+            return 0
         room = self.options.max_active - self.ledger.active_count(self.batch) - self._unsent_claims
         wanted = min(free, room)
         if wanted <= 0:
@@ -280,8 +300,12 @@ class Runner:
         budget = self.options.budget_usd
         committed = self.ledger.committed_cost(self.batch) + self._unsent_cost if budget else 0.0
         started = 0
-        for job in self.ledger.pending_jobs(self.batch, limit=wanted + len(self._busy)):
+        limit = wanted + self._busy_kind["submit"]
+        jobs = self.ledger.pending_jobs(self.batch, limit=limit)
+        self._look_for_pending = len(jobs) >= limit
+        for job in jobs:
             if started >= wanted:
+                self._look_for_pending = True
                 break
             if job.id in self._busy:
                 continue
@@ -296,22 +320,28 @@ class Runner:
             committed += cost
             self._unsent_claims += 1
             self._unsent_cost += cost
-            self._spawn(tg, self._submit, job)
+            self._spawn(tg, "submit", self._submit, job)
             started += 1
         return started
 
-    def _spawn(self, tg: TaskGroup, work: Callable[[JobRow], object], job: JobRow) -> None:
+    def _spawn(
+        self, tg: TaskGroup, kind: str, work: Callable[[JobRow], Awaitable[None]], job: JobRow
+    ) -> None:
         self._busy.add(job.id)
-        tg.start_soon(self._guarded, work, job, name=f"job-{job.id}")
+        self._busy_kind[kind] += 1
+        tg.start_soon(self._guarded, kind, work, job, name=f"{kind}-{job.id}")
 
-    async def _guarded(self, work: Callable[[JobRow], object], job: JobRow) -> None:
+    async def _guarded(
+        self, kind: str, work: Callable[[JobRow], Awaitable[None]], job: JobRow
+    ) -> None:
         try:
-            await work(job)  # type: ignore[misc]
+            await work(job)
         except AuthError as exc:
             self._auth_error = self._auth_error or exc
             self._stopping = True
         finally:
             self._busy.discard(job.id)
+            self._busy_kind[kind] -= 1
             self._wake.set()
 
     def _nothing_left(self, now: float) -> bool:
@@ -360,13 +390,14 @@ class Runner:
             if not sent:
                 self.ledger.begin_submit(job.id)
                 sent = True
-                self._release_claim(job)
+                self._release_claim(job, still_pending=False)
 
         try:
             task = await self.client.create(job.to_request(), before_send=committing_intent)
         except AuthError:
             if sent:
                 self.ledger.release_unsent(job.id, "401: the API key was refused")
+                self._look_for_pending = True
             else:
                 self._release_claim(job)
             raise
@@ -379,6 +410,7 @@ class Runner:
         except RetryableError as exc:
             if sent:
                 self.ledger.release_unsent(job.id, str(exc))
+                self._look_for_pending = True
             else:
                 self._release_claim(job)
             self._submit_setback()
@@ -406,9 +438,12 @@ class Runner:
                 job.id, task.id, task.raw_status or None, self._clock() + delay
             )
 
-    def _release_claim(self, job: JobRow) -> None:
+    def _release_claim(self, job: JobRow, *, still_pending: bool = True) -> None:
+        """The job no longer holds an unsent claim: it was sent, or it is pending again."""
         self._unsent_claims -= 1
         self._unsent_cost -= job.est_cost_usd or 0.0
+        if still_pending:
+            self._look_for_pending = True
 
     def _submit_setback(self) -> None:
         """Creates keep failing before reaching the API: back off all submissions."""
@@ -445,6 +480,7 @@ class Runner:
                 job.id, task.video_url, _expiry(task), remote_status=task.raw_status
             )
             self._history.pop((job.model, job.seconds, job.resolution), None)
+            self._look_for_downloads = True
             if not self.options.download:
                 self._finished_this_run += 1
         elif task.status in (TaskStatus.FAILED, TaskStatus.ERROR):

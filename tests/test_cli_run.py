@@ -249,3 +249,34 @@ def test_status_and_retry(tmp_path: Path, external_sim: Simulator) -> None:
 def test_status_without_a_ledger_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["status", "--ledger", str(tmp_path / "none.db")])
     assert result.exit_code == 2 and "no ledger" in result.stderr
+
+
+def test_an_invalid_manifest_still_finishes_what_was_paid_for(
+    tmp_path: Path, external_sim: Simulator
+) -> None:
+    ledger = tmp_path / "l.db"
+    env = sim_env(external_sim, ledger)
+    path = manifest(tmp_path, prompts=3)
+    external_sim.configure(time_scale=0.05)  # renders of seconds: tasks are live at the kill
+    process = start(*run_args(path), "--max-active", "6", env=env)
+    deadline = time.monotonic() + 30
+    while external_sim.stats()["creates"] < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.communicate(timeout=30)
+    creates = external_sim.stats()["creates"]
+    # The user breaks the manifest before resuming: seconds 99 is out of range.
+    path.write_text(path.read_text().replace("seconds: 5", "seconds: 99"))
+    external_sim.configure(time_scale=SCALE)
+    result = batchvid(*run_args(path), env=env)
+    assert result.returncode == 2, result.stderr
+    assert "defaults.seconds" in result.stderr and "nothing new is submitted" in result.stderr
+    assert external_sim.stats()["creates"] == creates  # nothing new was sent
+    with Ledger(ledger) as store:
+        jobs = list(store.jobs("crash"))
+    sent = [j for j in jobs if j.task_id]
+    assert sent and all(j.state == "downloaded" for j in sent)
+    assert {j.state for j in jobs if not j.task_id} <= {"pending", "in_doubt"}
+    # Nothing waiting on the API: the same invalid manifest is just an invalid manifest.
+    again = batchvid(*run_args(path), env=env)
+    assert again.returncode == 2 and "nothing was submitted" in again.stderr

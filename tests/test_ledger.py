@@ -186,8 +186,42 @@ def test_open_creates_parent_dirs_and_a_wal_ledger(path: Path) -> None:
 def test_connection_pragmas(ledger: Ledger) -> None:
     conn = ledger._conn  # the settings are per connection: look at the ledger's own
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL; FULL per durable commit
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+
+
+def test_only_the_create_intent_and_the_task_id_are_fsynced(ledger: Ledger) -> None:
+    """FULL for the commits that must survive a power cut; NORMAL (WAL) for the rest."""
+    job = add_job(ledger)
+    statements: list[str] = []
+    ledger._conn.set_trace_callback(statements.append)
+    try:
+
+        def fsynced(action: Callable[[], object]) -> bool:
+            statements.clear()
+            action()
+            return "PRAGMA synchronous = FULL" in statements
+
+        assert fsynced(lambda: ledger.begin_submit(job))
+        assert fsynced(lambda: ledger.record_submitted(job, "t1", "queued", 0.0))
+        assert not fsynced(lambda: ledger.record_poll(job, "IN_PROGRESS", 40, 1.0))
+        assert not fsynced(lambda: ledger.record_completed(job, "https://cdn/x", None))
+        assert not fsynced(lambda: ledger.record_downloaded(job, "/v/x.mp4", 10, "ab" * 32))
+    finally:
+        ledger._conn.set_trace_callback(None)
+    assert ledger._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
+
+
+def test_the_download_queue_reads_its_own_index(ledger: Ledger) -> None:
+    statements: list[str] = []
+    ledger._conn.set_trace_callback(statements.append)
+    try:
+        ledger.completed_jobs("b", 5)
+    finally:
+        ledger._conn.set_trace_callback(None)
+    (query,) = statements
+    plan = ledger._conn.execute("EXPLAIN QUERY PLAN " + query).fetchall()
+    assert any("jobs_download_queue" in row[3] for row in plan), [tuple(r) for r in plan]
 
 
 def test_migrations_apply_once_and_reopening_keeps_data(path: Path, clock: Clock) -> None:
@@ -202,7 +236,11 @@ def test_migrations_apply_once_and_reopening_keeps_data(path: Path, clock: Clock
         applied = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
     finally:
         conn.close()
-    assert applied == [("batchvid", "m001_initial"), ("batchvid", "m002_axes_and_endpoint")]
+    assert applied == [
+        ("batchvid", "m001_initial"),
+        ("batchvid", "m002_axes_and_endpoint"),
+        ("batchvid", "m003_download_queue"),
+    ]
 
 
 def test_m002_upgrades_an_m001_ledger_and_keeps_its_data(path: Path, clock: Clock) -> None:

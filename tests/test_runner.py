@@ -226,3 +226,21 @@ async def test_budget_stops_submissions(tmp_path: Path, sim: Simulator) -> None:
     assert report.budget_blocked and report.exit_code == 1
     assert sim.stats()["creates"] == 9
     assert report.counts["pending"] == 1 and report.counts["downloaded"] == 9
+
+
+async def test_jobs_that_left_the_manifest_are_dropped_only_if_never_sent(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    ledger_path = tmp_path / "ledger.db"
+    endpoint = Endpoint(sim.base_url, sim.api_key)
+    two = load_plan(matrix_manifest(tmp_path, prompts=2))
+    with Ledger(ledger_path) as ledger:
+        prepare(ledger, two, endpoint, ledger_path)
+        sent = ledger.pending_jobs("e2e", 20)[-1]  # a job of the second prompt: sent once
+        ledger.begin_submit(sent.id)
+        ledger.release_unsent(sent.id, "429 before any work")
+        one = load_plan(matrix_manifest(tmp_path, prompts=1))
+        prepared = prepare(ledger, one, endpoint, ledger_path)
+        assert (prepared.new_jobs, prepared.known_jobs, prepared.dropped_jobs) == (0, 10, 9)
+        kept = {j.key for j in ledger.jobs("e2e")}
+    assert kept == {j.key for j in one.jobs} | {sent.key}  # history is never deleted
