@@ -181,6 +181,14 @@ def batch_lock(ledger_path: Path, batch: str) -> Iterator[None]:
         os.close(fd)
 
 
+def _client(base_url: str, api_key: str, limiter: RateLimiter, time_scale: float) -> CometClient:
+    # A simulator on a fast clock gets its retry waits on the same clock.
+    return CometClient(
+        base_url, api_key, limiter=limiter, wait_initial=0.5 * time_scale,
+        wait_max=30.0 * time_scale,
+    )  # fmt: skip
+
+
 @contextlib.asynccontextmanager
 async def _endpoint_client(
     endpoint: Endpoint, limiter: RateLimiter, time_scale: float
@@ -192,14 +200,14 @@ async def _endpoint_client(
 
         async with (
             serve_simulator(SimConfig(time_scale=time_scale)) as sim,
-            CometClient(sim.base_url, sim.api_key, limiter=limiter) as client,
+            _client(sim.base_url, sim.api_key, limiter, time_scale) as client,
         ):
             yield client
         return
     if not endpoint.api_key:
         raise BatchvidError("no API key: set COMETAPI_KEY (or use --simulate)")
     base_url = endpoint.base_url or DEFAULT_BASE_URL
-    async with CometClient(base_url, endpoint.api_key, limiter=limiter) as client:
+    async with _client(base_url, endpoint.api_key, limiter, time_scale) as client:
         yield client
 
 

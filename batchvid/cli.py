@@ -60,7 +60,13 @@ def _print_issues(issues: Sequence[Issue]) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="batchvid")
-def cli() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log retries and downloads (-v), or every request (-vv), to stderr.",
+)
+def cli(verbose: int) -> None:
     """Generate Seedance videos in bulk on CometAPI, from a YAML manifest.
 
     \b
@@ -69,7 +75,27 @@ def cli() -> None:
       batchvid plan lookbook.yaml         see the jobs, output seconds and cost
       batchvid run lookbook.yaml          submit, poll and download (resumable)
       batchvid status                     counts per state, from the ledger
+      batchvid report --format html       a gallery of what came out
     """
+    _configure_logging(verbose)
+
+
+def _configure_logging(verbose: int) -> None:
+    """Quiet by default: the run's own display says what matters.
+
+    Retries are routine (a 503, a 429) and the runner reports what they lead
+    to; -v shows them, -vv shows every request.
+    """
+    import logging
+
+    import stamina.instrumentation
+
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "uvicorn", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    # None restores stamina's own logging hook; an empty list silences it.
+    stamina.instrumentation.set_on_retry_hooks(None if verbose else ())
 
 
 @cli.command()

@@ -173,8 +173,8 @@ def run(
             else ""
         )
         click.echo(
-            f"batch {plan.batch}: {len(plan.jobs)} jobs ({prepared.new_jobs} new{dropped}) "
-            f"against {where}; ledger {ledger_path}",
+            f"batch {plan.batch}: {_count(len(plan.jobs), 'job')} "
+            f"({prepared.new_jobs} new{dropped}) against {where}; ledger {ledger_path}",
             err=True,
         )
         report = anyio.run(_run_with_display, store, prepared, endpoint, options)
@@ -313,6 +313,10 @@ def _progress_line(snap: Snapshot) -> str:
     return f"[{time.strftime('%H:%M:%S')}] {snap.batch}: {counts}; {_rate_eta(snap)}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -330,10 +334,11 @@ def _print_summary(report: RunReport, ledger_path: Path) -> None:
     counts = " ".join(f"{s}={report.counts[s]}" for s in _ORDER if report.counts.get(s))
     total = sum(report.counts.values())
     head = "interrupted" if report.interrupted else "finished"
-    click.echo(f"\n{report.batch}: {head} in {_duration(report.elapsed_s)}: {total} jobs: {counts}")
+    took = _duration(report.elapsed_s)
+    click.echo(f"\n{report.batch}: {head} in {took}: {_count(total, 'job')}: {counts}")
     downloaded = report.counts.get("downloaded", 0)
     if downloaded:
-        click.echo(f"videos: {report.output_dir} ({downloaded} files)")
+        click.echo(f"videos: {report.output_dir} ({_count(downloaded, 'file')})")
     for failure in report.failures[-8:]:
         click.echo(f"  ! {failure}")
     hints = []
