@@ -27,7 +27,6 @@ from typing import Any, Final
 from . import catalogue
 from .errors import Issue
 from .manifest import Axis, Manifest, PromptEntry, Reference, Setting, suggest
-from .request import VideoRequest
 
 __all__ = ["MAX_JOBS", "Expansion", "JobSpec", "Merge", "check_combination", "expand", "job_key"]
 
@@ -58,16 +57,6 @@ class JobSpec:
     resolution: str
     references: tuple[Reference, ...]
     axes: tuple[tuple[str, str], ...]
-
-    def request(self) -> VideoRequest:
-        return VideoRequest(
-            self.prompt,
-            self.model,
-            self.seconds,
-            self.size,
-            self.resolution,
-            tuple(r.path for r in self.references),
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ The runner never prints and never installs signal handlers: the CLI reads
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import deque
@@ -54,6 +55,8 @@ from .scheduling import (
 from .states import JobState
 
 __all__ = ["RunOptions", "RunReport", "Runner", "Snapshot"]
+
+log = logging.getLogger(__name__)
 
 S = JobState
 #: States a job can end a run in.
@@ -150,6 +153,8 @@ class Runner:
         self._rng = rng or random.Random()
         self._wake = anyio.Event()
         self._busy: set[int] = set()
+        #: Jobs whose worker failed unexpectedly: left alone until the next run.
+        self._quarantined: set[int] = set()
         #: Busy jobs per kind of work: a look for work of one kind skips only those.
         self._busy_kind: dict[str, int] = {"download": 0, "poll": 0, "submit": 0}
         self._unsent_claims = 0
@@ -268,7 +273,9 @@ class Runner:
             if started >= free:
                 self._look_for_downloads = True
                 break
-            if job.id in self._busy or self._download_after.get(job.id, 0.0) > now:
+            if job.id in self._busy or job.id in self._quarantined:
+                continue
+            if self._download_after.get(job.id, 0.0) > now:
                 continue
             if self._download_tries.get(job.id, 0) >= self.options.download_attempts:
                 continue
@@ -284,7 +291,7 @@ class Runner:
         for job in self.ledger.due_polls(self.batch, now, limit=free + self._busy_kind["poll"]):
             if started >= free:
                 break
-            if job.id in self._busy:
+            if job.id in self._busy or job.id in self._quarantined:
                 continue
             self._spawn(tg, "poll", self._poll, job)
             started += 1
@@ -307,7 +314,7 @@ class Runner:
             if started >= wanted:
                 self._look_for_pending = True
                 break
-            if job.id in self._busy:
+            if job.id in self._busy or job.id in self._quarantined:
                 continue
             cost = job.est_cost_usd or 0.0
             if budget is not None and committed + cost > budget + 1e-9:
@@ -339,6 +346,12 @@ class Runner:
         except AuthError as exc:
             self._auth_error = self._auth_error or exc
             self._stopping = True
+        except Exception as exc:  # a bug, or the ledger changed under us (a `retry` meanwhile)
+            # One job's surprise must not end an overnight batch, nor repeat in a
+            # tight loop: the job sits out the rest of this run, with the reason.
+            log.exception("%s of job %s failed", kind, job.id)
+            self._quarantined.add(job.id)
+            self._note_failure(job, f"{kind} stopped for this run: {type(exc).__name__}: {exc}")
         finally:
             self._busy.discard(job.id)
             self._busy_kind[kind] -= 1
@@ -347,26 +360,21 @@ class Runner:
     def _nothing_left(self, now: float) -> bool:
         """True when no job can make progress in this run any more."""
         counts = self.ledger.counts(self.batch)
-        for state, n in counts.items():
-            if not n or state in TERMINAL:
-                continue
-            if state is S.PENDING and self._may_submit_ever():
-                return False
-            if state in (S.SUBMITTING, S.QUEUED, S.IN_PROGRESS):
-                return False
-            if state is S.COMPLETED and self.options.download and self._downloads_remain():
-                return False
-        return True
+        workable = counts[S.SUBMITTING] + counts[S.QUEUED] + counts[S.IN_PROGRESS]
+        if self._may_submit_ever():
+            workable += counts[S.PENDING]
+        if self.options.download:
+            exhausted = sum(
+                1
+                for job_id, n in self._download_tries.items()
+                if n >= self.options.download_attempts and job_id not in self._quarantined
+            )
+            workable += counts[S.COMPLETED] - exhausted
+        # Quarantined jobs are among those counted, and wait for the next run.
+        return workable - len(self._quarantined) <= 0
 
     def _may_submit_ever(self) -> bool:
         return self.options.submit and not self._budget_blocked and self._auth_error is None
-
-    def _downloads_remain(self) -> bool:
-        exhausted = {
-            j for j, n in self._download_tries.items() if n >= self.options.download_attempts
-        }
-        completed = self.ledger.counts(self.batch).get(S.COMPLETED, 0)
-        return completed > len(exhausted)
 
     def _idle_for(self, now: float) -> float:
         wake = now + self.options.scaled(MAX_IDLE_S)
@@ -466,13 +474,23 @@ class Runner:
             self.ledger.record_failed(job.id, "task_not_exist", exc.message)
             self._note_failure(job, f"task {job.task_id} is unknown upstream")
             return
-        except RetryableError as exc:
+        except ApiError as exc:
+            # 429/5xx after the client's own retries, or an answer the docs do not
+            # describe (a gateway's 404 or 403): the task may well be fine. Ask again
+            # later; max_wait still applies.
+            if self._overdue(job, now):
+                self.ledger.record_stalled(job.id)
+                self._note_failure(job, f"stalled: no usable answer before max_wait ({exc})")
+                return
+            retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
             later = next_poll_delay(
                 self.options.scaled(self.options.poll_interval),
-                retry_after_s=exc.retry_after,
+                retry_after_s=retry_after,
                 rng=self._rng,
             )
             self.ledger.record_poll(job.id, job.remote_status, job.progress, now + later)
+            if not isinstance(exc, RetryableError):
+                self._note_failure(job, f"poll answered {exc}; will ask again")
             return
         now = self._clock()
         if task.status is TaskStatus.COMPLETED:
@@ -529,7 +547,9 @@ class Runner:
                 job.id, "task_not_exist", f"the task vanished before its download: {exc.message}"
             )
             self._note_failure(job, "task vanished upstream before its download")
-        except (DownloadError, RetryableError, RejectedError, OSError) as exc:
+        except AuthError:
+            raise
+        except (DownloadError, ApiError, OSError) as exc:  # AuthError is re-raised above
             tries = self._download_tries.get(job.id, 0) + 1
             self._download_tries[job.id] = tries
             self.ledger.record_download_error(job.id, str(exc))

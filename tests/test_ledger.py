@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
+from report_ledgers import T0, Clock
 
 from batchvid.errors import IllegalTransition, LedgerError
 from batchvid.ledger import Ledger, utc_iso
@@ -19,20 +20,6 @@ from batchvid.request import VideoRequest
 from batchvid.states import TRANSITIONS, JobState, chain_problem, poll_state
 
 S = JobState
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    """A settable unix clock."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 @pytest.fixture

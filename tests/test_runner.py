@@ -244,3 +244,56 @@ async def test_jobs_that_left_the_manifest_are_dropped_only_if_never_sent(
         assert (prepared.new_jobs, prepared.known_jobs, prepared.dropped_jobs) == (0, 10, 9)
         kept = {j.key for j in ledger.jobs("e2e")}
     assert kept == {j.key for j in one.jobs} | {sent.key}  # history is never deleted
+
+
+async def test_odd_poll_answers_are_asked_again_then_stall(
+    tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway's 404/403 on a poll is not the docs' task_not_exist: keep asking, then stall."""
+    from batchvid.client import CometClient
+    from batchvid.errors import ApiError
+
+    real = CometClient.retrieve
+    refused: dict[str, int] = {}
+
+    async def flaky(self: CometClient, task_id: str) -> Any:
+        first = min(sim.stats()["tasks"])  # one task is refused forever, the rest twice
+        if task_id == first or refused.get(task_id, 0) < 2:
+            refused[task_id] = refused.get(task_id, 0) + 1
+            raise ApiError("<html>Not Found</html>", status=404)
+        return await real(self, task_id)
+
+    monkeypatch.setattr(CometClient, "retrieve", flaky)
+    options = replace(OPTIONS, max_wait=120)  # 0.24 s on this clock
+    report, _ = await run_once(
+        tmp_path, sim, load_plan(matrix_manifest(tmp_path, prompts=1)), options
+    )
+    assert report.counts["downloaded"] == 9 and report.counts["stalled"] == 1
+    assert report.exit_code == 1
+    assert any("404" in f for f in report.failures)
+
+
+async def test_an_unexpected_error_sidelines_one_job_not_the_batch(
+    tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchvid.runner import Runner
+
+    real = Runner._download
+    calls: list[int] = []
+
+    async def buggy(self: Runner, job: Any) -> None:
+        calls.append(job.id)
+        if job.idx == 3:
+            raise RuntimeError("surprise")
+        await real(self, job)
+
+    monkeypatch.setattr(Runner, "_download", buggy)
+    report, _ = await run_once(tmp_path, sim, load_plan(matrix_manifest(tmp_path, prompts=1)))
+    assert report.counts["downloaded"] == 9 and report.counts["completed"] == 1
+    assert report.exit_code == 1
+    assert calls.count(next(j.id for j in ledger_jobs(tmp_path) if j.idx == 3)) == 1
+    assert any("RuntimeError: surprise" in f for f in report.failures)
+    # The next run picks it up again.
+    monkeypatch.setattr(Runner, "_download", real)
+    again, _ = await run_once(tmp_path, sim, load_plan(matrix_manifest(tmp_path, prompts=1)))
+    assert again.exit_code == 0 and again.counts["downloaded"] == 10
