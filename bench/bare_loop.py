@@ -1,15 +1,17 @@
-"""The benchmark's contender: the simplest correct create -> poll -> download loop.
+"""The benchmarks' contender: the simplest correct create -> poll -> download loop.
 
 No ledger, no rate limiter, no resume: httpx, a semaphore for requests in
-flight, and the docs' fixed poll cadence.  bench/bench_run.py runs it beside
-``batchvid run`` against the same simulator.
+flight, and the docs' fixed poll cadence ("every 10-20 s").  bench/run.py runs
+it beside ``batchvid run`` against the same simulator.  MAX_ACTIVE (0: no cap)
+bounds the tasks alive upstream at once, like ``batchvid run --max-active``.
 
-    python bench/bare_loop.py BASE_URL OUT_DIR JOBS_JSON CONCURRENCY POLL_SECONDS
+    python bench/bare_loop.py BASE_URL OUT_DIR JOBS_JSON CONCURRENCY POLL_SECONDS [MAX_ACTIVE]
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -46,19 +48,25 @@ async def one(
 
 
 async def main(
-    base: str, out: Path, jobs: list[dict[str, Any]], concurrency: int, poll_s: float
-) -> None:
+    base: str, out: Path, jobs: list[dict[str, Any]], concurrency: int, poll_s: float,
+    max_active: int = 0,
+) -> None:  # fmt: skip
     gate = asyncio.Semaphore(concurrency)
+    alive = asyncio.Semaphore(max_active) if max_active else None
     limits = httpx.Limits(max_connections=concurrency * 2)
+
+    async def capped(index: int, job: dict[str, Any]) -> None:
+        async with alive or contextlib.nullcontext():
+            await one(client, gate, base, out, index, job, poll_s)
+
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        await asyncio.gather(
-            *(one(client, gate, base, out, i, job, poll_s) for i, job in enumerate(jobs))
-        )
+        await asyncio.gather(*(capped(i, job) for i, job in enumerate(jobs)))
 
 
 if __name__ == "__main__":
     base_url, out_dir, jobs_file, concurrency, poll = sys.argv[1:6]
+    cap = int(sys.argv[6]) if len(sys.argv) > 6 else 0
     asyncio.run(
         main(base_url, Path(out_dir), json.loads(Path(jobs_file).read_text()), int(concurrency),
-             float(poll))
+             float(poll), cap)
     )  # fmt: skip

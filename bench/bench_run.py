@@ -1,14 +1,18 @@
-"""Benchmark: `batchvid run` against a bare httpx loop, side by side, same simulator.
+"""Figures 1 and 3: `batchvid run` beside a bare httpx loop, against one simulator.
 
-Both contenders do create -> poll -> download for the same N jobs with the same
-number of requests in flight, against one `batchvid simulator` running in its
-own process (no rate limit, a tiny time scale).  The bare loop keeps no ledger
-and polls each task on the docs' fixed 10 s cadence (scaled); batchvid runs as
-a user runs it (a subprocess of the CLI), after a warm-up batch that gives its
-ledger render-time history.
+**Overhead** (figure 1): both contenders do create -> poll -> download for the
+same N jobs with the same requests in flight, against one ``batchvid
+simulator`` in its own process (no rate limit, a tiny time scale, so the run is
+CPU-bound and overhead shows).  batchvid runs as a user runs it (a subprocess
+of the CLI) on a ledger that already has render-time history (a warm-up
+batch); the bare loop keeps no ledger and polls on the docs' fixed 10 s
+(scaled).  Wall and CPU time of each child; ratios of per-run pairs.
 
-Prints, for each contender, the median wall time and CPU time of several runs,
-the ratio (goal <= 1.25x) and the API polls per completed job (goal <= 1.5).
+**Poll economy** (figure 3): the same render-time distribution for both (1-3
+simulated minutes: three models, 5 s and 10 s, 720p), at a time scale where
+renders are long against the poll interval; the same cap on live tasks.
+batchvid with history vs the docs' fixed 10 s loop: API polls per completed job,
+from the simulator's counters.
 
     python bench/bench_run.py [--jobs 2000] [--runs 3] [--concurrency 16]
 """
@@ -16,135 +20,175 @@ the ratio (goal <= 1.25x) and the API polls per completed job (goal <= 1.5).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import socket
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
+from harness import (
+    FAST_MODELS,
+    Simulator,
+    Timed,
+    bare_loop_args,
+    batchvid_run,
+    median,
+    polls_per_completed,
+    ratio,
+    spread,
+    timed,
+    write_jobs_json,
+    write_manifest,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ["doubao-seedance-2-0-fast", "doubao-seedance-1-0-pro"]
-SIZES = ["16:9", "9:16", "1:1", "4:3", "3:4", "21:9"]
-SCALE = 0.002  # a 60 s render takes 0.12 s
-POLL_S = 10.0
+#: Figure 1's "tiny" time scale: a 45 s render takes 0.09 s.
+OVERHEAD_SCALE = 0.002
+#: The docs' fixed poll cadence, in API seconds (scaled by the time scale).
+DOCS_POLL_S = 10.0
+WARMUP_JOBS = 120
+#: Figure 3: renders of 1-3 simulated minutes become 0.6-1.9 s; a 10 s poll 0.1 s.
+POLL_SCALE = 0.01
+POLL_MODELS = ("doubao-seedance-2-0", "doubao-seedance-2-0-fast", "doubao-seedance-1-5-pro")
+POLL_SIZES = ("16:9", "9:16")
+POLL_SECONDS = (5, 10)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_manifest(path: Path, batch: str, jobs: int) -> None:
-    per_prompt = len(MODELS) * len(SIZES)
-    prompts = "\n".join(
-        f'  - "bench shot {i}: a tram crossing a bridge at night"'
-        for i in range(-(-jobs // per_prompt))
-    )
-    path.write_text(
-        f"version: 1\nbatch: {batch}\ndefaults: {{seconds: 5, resolution: 480p}}\n"
-        f"matrix:\n  model: [{', '.join(MODELS)}]\n  size: [{', '.join(repr(s) for s in SIZES)}]\n"
-        f"prompts:\n{prompts}\n"
-    )
-
-
-class Simulator:
-    """`batchvid simulator` in its own process, so it never shares a core's GIL with a contender."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.cdn_port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "batchvid", "simulator", "--port", str(self.port),
-             "--cdn-port", str(self.cdn_port), "--time-scale", str(SCALE), "--seed", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{self.base}/_sim/stats", timeout=1).raise_for_status()
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("the simulator did not start")
-
-    def reset(self) -> None:
-        httpx.post(f"{self.base}/_sim/reset", timeout=10).raise_for_status()
-
-    def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = httpx.get(f"{self.base}/_sim/stats", timeout=30).json()
-        return data
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
+Progress = Callable[[str], None]
 
 
-def cpu_of_children() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+@dataclass(slots=True)
+class Pairs:
+    """Side-by-side runs: batchvid and its contender, one pair per run."""
+
+    jobs: int = 0
+    ours: list[Timed] = field(default_factory=list)
+    theirs: list[Timed] = field(default_factory=list)
+    our_polls: list[float] = field(default_factory=list)
+    their_polls: list[float] = field(default_factory=list)
+
+    def wall_ratio(self) -> float:
+        return ratio([t.wall for t in self.ours], [t.wall for t in self.theirs])
+
+    def cpu_ratio(self) -> float:
+        return ratio([t.cpu for t in self.ours], [t.cpu for t in self.theirs])
 
 
-def timed(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Wall and CPU seconds of one child process, which must succeed."""
-    cpu, start = cpu_of_children(), time.perf_counter()
-    result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"{args[1]} failed ({result.returncode}): {result.stderr[-2000:]}")
-    return {"wall": wall, "cpu": cpu_of_children() - cpu}
+def overhead(
+    tmp: Path,
+    *,
+    jobs: int,
+    runs: int,
+    scale: float = OVERHEAD_SCALE,
+    concurrency: int = 16,
+    progress: Progress = print,
+) -> Pairs:
+    """Figure 1 at simulator time scale ``scale``."""
+    result = Pairs()
+    with Simulator(time_scale=scale) as sim:
+        for run in range(runs):
+            ledger = tmp / f"overhead-{scale}-{run}.db"
+            warm = write_manifest(tmp / f"warm-{run}.yaml", f"warmup{run}", WARMUP_JOBS)
+            batchvid_run(sim, warm, ledger, time_scale=scale, concurrency=concurrency)
+            manifest = write_manifest(tmp / f"bench-{run}.yaml", f"bench{run}", jobs)
+            jobs_json = tmp / f"jobs-{run}.json"
+            result.jobs = write_jobs_json(manifest, jobs_json)
+
+            def ours(manifest: Path = manifest, ledger: Path = ledger) -> None:
+                sim.reset()
+                result.ours.append(
+                    batchvid_run(
+                        sim,
+                        manifest,
+                        ledger,
+                        time_scale=scale,
+                        concurrency=concurrency,
+                        poll_interval=DOCS_POLL_S,
+                    )
+                )
+                result.our_polls.append(polls_per_completed(sim.stats()))
+
+            def theirs(jobs_json: Path = jobs_json, run: int = run) -> None:
+                sim.reset()
+                args = bare_loop_args(
+                    sim,
+                    jobs_json,
+                    tmp / f"bare-{scale}-{run}",
+                    concurrency=concurrency,
+                    poll_s=DOCS_POLL_S * scale,
+                )
+                result.theirs.append(timed(args))
+                result.their_polls.append(polls_per_completed(sim.stats()))
+
+            # Alternate who goes first, so a drift in machine speed favours neither.
+            for contender in (ours, theirs) if run % 2 == 0 else (theirs, ours):
+                contender()
+            progress(
+                f"  overhead @{scale}: run {run + 1}/{runs}: batchvid {result.ours[-1].wall:.2f} s"
+                f" wall {result.ours[-1].cpu:.2f} s CPU; bare loop {result.theirs[-1].wall:.2f} s"
+                f" wall {result.theirs[-1].cpu:.2f} s CPU"
+            )
+    return result
 
 
-def run_batchvid(sim: Simulator, manifest: Path, ledger: Path, concurrency: int) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "COMETAPI_BASE_URL": sim.base,
-        "COMETAPI_KEY": "sim-key",
-        "BATCHVID_LEDGER": str(ledger),
+def poll_economy(
+    tmp: Path,
+    *,
+    jobs: int,
+    runs: int,
+    max_active: int = 32,
+    concurrency: int = 16,
+    progress: Progress = print,
+) -> Pairs:
+    """Figure 3: polls per completed job, batchvid with history vs the docs' fixed loop."""
+    result = Pairs()
+    shape = {
+        "models": POLL_MODELS,
+        "sizes": POLL_SIZES,
+        "seconds": POLL_SECONDS,
+        "resolution": "720p",
     }
-    args = [sys.executable, "-m", "batchvid", "run", str(manifest), "--time-scale", str(SCALE),
-            "--rate-per-minute", "0", "--concurrency", str(concurrency), "--max-active", "100000",
-            "--poll-interval", str(POLL_S)]  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        raise RuntimeError(f"batchvid run failed ({result.returncode}): {result.stderr[-2000:]}")
-    return {
-        "wall": wall,
-        "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-    }
-
-
-def run_bare(sim: Simulator, jobs_file: Path, out: Path, concurrency: int) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, str(Path(__file__).with_name("bare_loop.py")), sim.base, str(out),
-            str(jobs_file), str(concurrency), str(POLL_S * SCALE)]  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    subprocess.run(args, check=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {
-        "wall": wall,
-        "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-    }
-
-
-def polls_per_job(stats: dict[str, Any]) -> float:
-    completed = sum(1 for t in stats["tasks"].values() if t["outcome"] == "completed")
-    return sum(stats["polls"].values()) / max(1, completed)
+    with Simulator(time_scale=POLL_SCALE) as sim:
+        for run in range(runs):
+            ledger = tmp / f"polls-{run}.db"
+            warm = write_manifest(tmp / f"pwarm-{run}.yaml", f"pwarm{run}", 48, **shape)
+            batchvid_run(
+                sim,
+                warm,
+                ledger,
+                time_scale=POLL_SCALE,
+                max_active=max_active,
+                concurrency=concurrency,
+            )
+            manifest = write_manifest(tmp / f"polls-{run}.yaml", f"polls{run}", jobs, **shape)
+            jobs_json = tmp / f"pjobs-{run}.json"
+            result.jobs = write_jobs_json(manifest, jobs_json)
+            sim.reset()
+            result.ours.append(
+                batchvid_run(
+                    sim,
+                    manifest,
+                    ledger,
+                    time_scale=POLL_SCALE,
+                    max_active=max_active,
+                    concurrency=concurrency,
+                    poll_interval=DOCS_POLL_S,
+                )
+            )
+            result.our_polls.append(polls_per_completed(sim.stats()))
+            sim.reset()
+            args = bare_loop_args(
+                sim,
+                jobs_json,
+                tmp / f"pbare-{run}",
+                concurrency=concurrency,
+                poll_s=DOCS_POLL_S * POLL_SCALE,
+                max_active=max_active,
+            )
+            result.theirs.append(timed(args))
+            result.their_polls.append(polls_per_completed(sim.stats()))
+            progress(
+                f"  poll economy: run {run + 1}/{runs}: batchvid {result.our_polls[-1]:.2f}"
+                f" polls/job, docs' fixed 10 s loop {result.their_polls[-1]:.2f} polls/job"
+            )
+    return result
 
 
 def main() -> None:
@@ -153,51 +197,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    sim = Simulator()
-    try:
-        with tempfile.TemporaryDirectory() as tmp_dir:
-            tmp = Path(tmp_dir)
-            from batchvid.plan import load_plan
-
-            ours: list[dict[str, Any]] = []
-            bare: list[dict[str, Any]] = []
-            for run in range(args.runs):
-                ledger = tmp / f"ledger-{run}.db"
-                warm = tmp / f"warm-{run}.yaml"
-                write_manifest(warm, f"warmup{run}", 120)
-                run_batchvid(sim, warm, ledger, args.concurrency)  # gives the ledger history
-                manifest = tmp / f"bench-{run}.yaml"
-                write_manifest(manifest, f"bench{run}", args.jobs)
-                plan = load_plan(manifest)
-                jobs_file = tmp / "jobs.json"
-                jobs_file.write_text(json.dumps([
-                    {"prompt": j.prompt, "model": j.model, "seconds": j.seconds, "size": j.size,
-                     "resolution": j.resolution} for j in plan.jobs
-                ]))  # fmt: skip
-                sim.reset()
-                ours.append(run_batchvid(sim, manifest, ledger, args.concurrency))
-                ours[-1]["polls"] = polls_per_job(sim.stats())
-                sim.reset()
-                bare.append(run_bare(sim, jobs_file, tmp / f"bare-{run}", args.concurrency))
-                bare[-1]["polls"] = polls_per_job(sim.stats())
-                print(f"  run {run + 1}: batchvid {ours[-1]['wall']:.2f} s, "
-                      f"bare loop {bare[-1]['wall']:.2f} s", flush=True)  # fmt: skip
-    finally:
-        sim.stop()
-
-    def med(rows: list[dict[str, Any]], key: str) -> float:
-        return statistics.median(r[key] for r in rows)
-
-    n = len(plan.jobs)
-    ratio = statistics.median(o["wall"] / b["wall"] for o, b in zip(ours, bare, strict=True))
-    print(f"\n{n} jobs, concurrency {args.concurrency}, simulator time scale {SCALE}, "
-          f"median of {args.runs} runs")  # fmt: skip
-    print(f"{'':24}{'batchvid run':>14}{'bare httpx':>14}")
-    print(f"{'wall time (s)':24}{med(ours, 'wall'):>14.2f}{med(bare, 'wall'):>14.2f}")
-    print(f"{'CPU time (s)':24}{med(ours, 'cpu'):>14.2f}{med(bare, 'cpu'):>14.2f}")
-    print(f"{'API polls / completed':24}{med(ours, 'polls'):>14.2f}{med(bare, 'polls'):>14.2f}")
-    print(f"wall-time ratio (median of per-run ratios): {ratio:.2f}x   goal <= 1.25x")
-    print(f"batchvid polls per completed job: {med(ours, 'polls'):.2f}   goal <= 1.5")
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        fig1 = overhead(tmp, jobs=args.jobs, runs=args.runs, concurrency=args.concurrency)
+        fig3 = poll_economy(tmp, jobs=240, runs=args.runs)
+    print(
+        f"\n{fig1.jobs} jobs ({', '.join(FAST_MODELS)}), concurrency {args.concurrency}, "
+        f"time scale {OVERHEAD_SCALE}, {args.runs} runs: median (min-max)"
+    )
+    print(f"{'':26}{'batchvid run':>22}{'bare httpx':>22}")
+    for label, key in (("wall time (s)", "wall"), ("CPU time (s)", "cpu")):
+        ours = [getattr(t, key) for t in fig1.ours]
+        theirs = [getattr(t, key) for t in fig1.theirs]
+        print(f"{label:26}{spread(ours):>22}{spread(theirs):>22}")
+    print(f"wall-time ratio (median of per-run ratios): {fig1.wall_ratio():.2f}x   goal <= 1.25x")
+    print(f"CPU-time ratio (median of per-run ratios):  {fig1.cpu_ratio():.2f}x")
+    print(
+        f"polls per completed job at {POLL_SCALE}: batchvid {median(fig3.our_polls):.2f}, "
+        f"docs' fixed loop {median(fig3.their_polls):.2f}   goal <= 1.5"
+    )
 
 
 if __name__ == "__main__":

@@ -42,6 +42,26 @@ def shape(path: Path, n: int) -> None:
     conn.close()
 
 
+def resume(path: Path, batch: str = "b") -> None:
+    """What ``batchvid run`` asks the ledger on a restart before its first request."""
+    with Ledger(path) as ledger:
+        ledger.recover_interrupted(batch)
+        ledger.active_count(batch)
+        ledger.committed_cost(batch)
+        ledger.pending_jobs(batch, 16)
+        ledger.due_polls(batch, limit=16)
+        ledger.next_poll_time(batch)
+        ledger.completed_jobs(batch, 16)
+
+
+def build(path: Path, n: int, batch: str = "b") -> None:
+    """A ledger of ``n`` jobs in mid-run: 60% downloaded, 16 live and due, the rest pending."""
+    with Ledger(path) as ledger:
+        ledger.upsert_batch(batch, manifest_path="m.yaml", manifest_sha256="0", output_dir="out")
+        ledger.upsert_jobs(batch, jobs(n))
+    shape(path, n)
+
+
 def timed(label: str, fn: object, repeat: int = 1) -> float:
     assert callable(fn)
     start = time.perf_counter()
@@ -64,17 +84,7 @@ def main() -> None:
             timed(f"upsert {n} known jobs (re-run)", lambda: ledger.upsert_jobs("b", specs))
         shape(path, n)
 
-        def resume() -> None:
-            with Ledger(path) as ledger:
-                ledger.recover_interrupted("b")
-                ledger.active_count("b")
-                ledger.committed_cost("b")
-                ledger.pending_jobs("b", 16)
-                ledger.due_polls("b", limit=16)
-                ledger.next_poll_time("b")
-                ledger.completed_jobs("b", 16)
-
-        timed(f"resume decision on {n} jobs (open..due work)", resume, repeat=5)
+        timed(f"resume decision on {n} jobs (open..due work)", lambda: resume(path), repeat=5)
         with Ledger(path) as ledger:
             timed("status (counts by state)", lambda: ledger.status("b"), repeat=5)
             timed("committed_cost", lambda: ledger.committed_cost("b"), repeat=5)

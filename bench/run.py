@@ -1,0 +1,271 @@
+"""Every benchmark figure of batchvid, each beside its contrast, in one command.
+
+    .venv/bin/python bench/run.py            # the full set (under 10 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # the same figures at small sizes (~2 minutes)
+    .venv/bin/python bench/run.py --runs 5 --figures 1 3
+
+1. overhead: ``batchvid run`` vs a bare httpx loop, 2,000 jobs, no rate limit,
+   simulator time scale 0.002 (and 0.01 for context): wall and CPU ratios;
+2. rate fidelity: R = 600/min time-scaled to a 6 s window: most requests in any
+   window / R, 429s against a simulator enforcing R, utilisation; vs a naive
+   fixed-interval client;
+3. poll economy: API polls per completed job with ledger history vs the docs'
+   fixed 10 s loop, same render times;
+4. scale: 100,000-job plan (time, peak RSS), resume decision on a 100,000-job
+   ledger, ``status`` and ``report --format csv`` on it;
+5. recovery: restart to first request after ``kill -9`` with 10,000 tasks in flight.
+
+Each contender is a child process (its CPU time is its own) and the simulator
+another; every comparison is a ratio within one run, summarised as the median
+over runs (min-max in brackets).  Progress goes to stderr, the table to stdout
+(Markdown, ready for the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import bench_rate
+import bench_recovery
+import bench_run
+import bench_scale
+from harness import median, spread
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    overhead_jobs: int
+    rate_windows: int
+    poll_jobs: int
+    scale_jobs: int
+    recovery_jobs: int
+
+
+FULL = Sizes(
+    overhead_jobs=2000, rate_windows=3, poll_jobs=144, scale_jobs=100_000, recovery_jobs=10_000
+)
+QUICK = Sizes(
+    overhead_jobs=300, rate_windows=2, poll_jobs=48, scale_jobs=10_000, recovery_jobs=1_000
+)
+CONTEXT_SCALE = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    figure: str
+    batchvid: str
+    contrast: str
+    goal: str
+    met: bool | None  # None: no goal, context only
+
+
+def met(ok: bool | None) -> str:
+    return "—" if ok is None else ("yes" if ok else "**NO**")
+
+
+def overhead_rows(label: str, fig: bench_run.Pairs, *, goal: bool) -> list[Row]:
+    rows = []
+    for name, key in (("wall", "wall"), ("CPU", "cpu")):
+        ours = [getattr(t, key) for t in fig.ours]
+        theirs = [getattr(t, key) for t in fig.theirs]
+        per_run = [o / t for o, t in zip(ours, theirs, strict=True)]
+        value = median(per_run)
+        rows.append(
+            Row(
+                f"{label}: {name} time, batchvid / bare",
+                f"{spread(per_run)}× ({median(ours):.2f} s)",
+                f"bare httpx loop {median(theirs):.2f} s",
+                "≤ 1.25×" if goal else "context",
+                value <= 1.25 if goal else None,
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run each")
+    parser.add_argument("--runs", type=int, help="runs per figure (default 3; --quick: 1)")
+    parser.add_argument(
+        "--figures",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3, 4, 5],
+        choices=[1, 2, 3, 4, 5],
+        metavar="N",
+        help="which figures (1-5)",
+    )
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    runs = args.runs or (1 if args.quick else 3)
+    # The longest figures run fewer times: their figures vary little between runs.
+    long_runs = max(1, runs // 3)
+    began = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - began:5.0f} s] {message}", file=sys.stderr, flush=True)
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="batchvid-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        if 1 in args.figures:
+            progress(f"figure 1: overhead, {sizes.overhead_jobs} jobs, {runs} runs")
+            fig1 = bench_run.overhead(tmp, jobs=sizes.overhead_jobs, runs=runs, progress=progress)
+            rows += overhead_rows(
+                f"1 overhead, {fig1.jobs} jobs, scale {bench_run.OVERHEAD_SCALE}", fig1, goal=True
+            )
+            progress(f"figure 1, context: time scale {CONTEXT_SCALE}, {long_runs} run(s)")
+            ctx = bench_run.overhead(
+                tmp,
+                jobs=sizes.overhead_jobs,
+                runs=long_runs,
+                scale=CONTEXT_SCALE,
+                progress=progress,
+            )
+            rows += overhead_rows(f"1 context, scale {CONTEXT_SCALE}", ctx, goal=False)
+        if 2 in args.figures:
+            progress(f"figure 2: rate fidelity, {sizes.rate_windows} windows, {long_runs} run(s)")
+            fig2 = bench_rate.rate_fidelity(
+                tmp, runs=long_runs, windows=sizes.rate_windows, progress=progress
+            )
+            where = f"R = {fig2.rate}/min in {fig2.window:g} s windows"
+            free, enforcing = "free", "enforcing"
+            max_ours = fig2.med(fig2.ours[free], "max_window_ratio")
+            max_naive = fig2.med(fig2.naive[free], "max_window_ratio")
+            r429_ours = fig2.med(fig2.ours[enforcing], "rejected_429")
+            r429_naive = fig2.med(fig2.naive[enforcing], "rejected_429")
+            util_ours = fig2.med(fig2.ours[free], "utilisation")
+            util_naive = fig2.med(fig2.naive[free], "utilisation")
+            rows += [
+                Row(
+                    f"2 rate: most requests in any window / R ({where})",
+                    f"{max_ours:.3f}",
+                    f"naive fixed-interval {max_naive:.3f}",
+                    "≤ 1.00",
+                    max_ours <= 1.0,
+                ),
+                Row(
+                    "2 rate: 429s, simulator enforcing R",
+                    f"{r429_ours:.0f}",
+                    f"naive fixed-interval {r429_naive:.0f}",
+                    "0",
+                    r429_ours == 0,
+                ),
+                Row(
+                    "2 rate: utilisation while work remained",
+                    f"{util_ours:.3f}",
+                    f"naive fixed-interval {util_naive:.3f}",
+                    "≥ 0.95",
+                    util_ours >= 0.95,
+                ),
+            ]
+        if 3 in args.figures:
+            progress(f"figure 3: poll economy, {sizes.poll_jobs} jobs, {runs} runs")
+            fig3 = bench_run.poll_economy(tmp, jobs=sizes.poll_jobs, runs=runs, progress=progress)
+            polls = median(fig3.our_polls)
+            rows.append(
+                Row(
+                    f"3 polls per completed job, renders 1-3 min, {fig3.jobs} jobs",
+                    spread(fig3.our_polls),
+                    f"docs' fixed 10 s loop {spread(fig3.their_polls)}",
+                    "≤ 1.5",
+                    polls <= 1.5,
+                )
+            )
+        if 4 in args.figures:
+            progress(f"figure 4: scale, {sizes.scale_jobs:,} jobs, {runs} runs")
+            fig4 = bench_scale.scale(tmp, jobs=sizes.scale_jobs, runs=runs, progress=progress)
+            n = f"{fig4.jobs:,}"
+            floor = f"CLI start-up alone {median(fig4.cli_floor_s):.2f} s"
+            rows += [
+                Row(
+                    f"4 plan, {n} jobs (fresh process)",
+                    f"{spread(fig4.plan_s)} s",
+                    "—",
+                    "< 2 s",
+                    median(fig4.plan_s) < 2,
+                ),
+                Row(
+                    "4 plan: peak RSS of that process",
+                    f"{fig4.plan_rss_mb:.0f} MB",
+                    "—",
+                    "< 300 MB",
+                    fig4.plan_rss_mb < 300,
+                ),
+                Row(
+                    f"4 ledger of {sizes.scale_jobs:,} jobs: open + decide what is due",
+                    f"{spread(fig4.resume_s, '.3f')} s",
+                    "—",
+                    "< 0.5 s",
+                    median(fig4.resume_s) < 0.5,
+                ),
+                Row(
+                    "4 `batchvid status` on that ledger",
+                    f"{spread(fig4.status_s)} s",
+                    floor,
+                    "< 0.5 s",
+                    median(fig4.status_s) < 0.5,
+                ),
+                Row(
+                    "4 `batchvid report --format csv` on it",
+                    f"{spread(fig4.report_csv_s)} s",
+                    floor,
+                    "< 0.5 s",
+                    median(fig4.report_csv_s) < 0.5,
+                ),
+            ]
+        if 5 in args.figures:
+            progress(f"figure 5: recovery, {sizes.recovery_jobs:,} jobs, {long_runs} run(s)")
+            fig5 = bench_recovery.recovery(
+                tmp, runs=long_runs, jobs=sizes.recovery_jobs, progress=progress
+            )
+            in_flight = f"{median(fig5.in_flight_at_kill):,.0f}"
+            rows += [
+                Row(
+                    f"5 recovery: restart to first request, kill -9 with {in_flight} in flight",
+                    f"{spread(fig5.to_first_request)} s",
+                    f"bare loop {spread(fig5.bare_to_first_request)} s, re-creating every task",
+                    "— (report)",
+                    None,
+                ),
+                Row(
+                    "5 recovery: in doubt after the kill / creates repeated",
+                    f"{median(fig5.in_doubt):.0f} / {median(fig5.duplicate_creates):.0f}",
+                    f"bare loop: {median(fig5.bare_repeated_creates):.0f} repeated before stopped",
+                    "repeated: 0",
+                    median(fig5.duplicate_creates) == 0,
+                ),
+            ]
+    elapsed = time.monotonic() - began
+    progress(f"done in {elapsed:.0f} s")
+    print(
+        f"\nbatchvid benchmarks: {'quick' if args.quick else 'full'} set, median of runs "
+        f"(min-max); {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}, {elapsed / 60:.1f} min\n"
+    )
+    print_table(rows)
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("figure", "batchvid", "contrast", "goal", "met?")
+    cells = [header] + [(r.figure, r.batchvid, r.contrast, r.goal, met(r.met)) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells[1:]:
+        print(line(row))
+
+
+if __name__ == "__main__":
+    main()
