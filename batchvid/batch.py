@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from .client import CometClient
 from .errors import BatchvidError, LedgerError
-from .ledger import Ledger
+from .ledger import DEFAULT_LEDGER, Ledger, open_ledger
 from .manifest import Limits
 from .plan import Plan
 from .ratelimit import RateLimiter
@@ -33,6 +33,7 @@ __all__ = [
     "Endpoint",
     "Prepared",
     "batch_lock",
+    "open_ledger",
     "options_for",
     "prepare",
     "prepare_resume_only",
@@ -40,7 +41,6 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL: Final = "https://api.cometapi.com"
-DEFAULT_LEDGER: Final = Path("state/batchvid.db")
 #: What the ledger records as the endpoint of a ``--simulate`` batch.
 SIMULATOR_ENDPOINT: Final = "simulator"
 #: The simulator's clock for ``--simulate``: a 60 s render takes 0.6 s.
@@ -228,10 +228,3 @@ async def run_batch(
         if on_runner is not None:
             on_runner(runner)
         return await runner.run()
-
-
-def open_ledger(path: Path, *, create: bool = True) -> Ledger:
-    """Open the ledger at ``path``; a clear LedgerError when it is missing and ``create`` is off."""
-    if not create and not path.exists():
-        raise LedgerError(f"no ledger at {path} (run a batch first, or pass --ledger)")
-    return Ledger(path, create=create)

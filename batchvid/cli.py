@@ -13,21 +13,45 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
 from .errors import AuthError, BatchvidError, Issue, ManifestError
-from .plan import Plan, load_plan
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 __all__ = ["cli", "main"]
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
+#: Commands defined in other modules, imported only when they run (or --help lists
+#: them): ``status`` loads the ledger alone, not the HTTP stack, YAML or the runner.
+_LAZY_COMMANDS = {
+    "run": "cli_run",
+    "status": "cli_ledger",
+    "retry": "cli_ledger",
+    "report": "cli_report",
+    "simulator": "cli_simulator",
+}
+#: Commands that talk HTTP, and so retry (and log retries) through stamina.
+_NETWORK_COMMANDS = frozenset({"run", "simulator"})
+
 
 class _Group(click.Group):
-    """Turns library errors into messages and exit codes, in one place."""
+    """Turns library errors into messages and exit codes, in one place; loads commands lazily."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _LAZY_COMMANDS:
+            module = import_module(f".{_LAZY_COMMANDS[cmd_name]}", __package__)
+            self.add_command(getattr(module, cmd_name))
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -77,10 +101,10 @@ def cli(verbose: int) -> None:
       batchvid status                     counts per state, from the ledger
       batchvid report --format html       a gallery of what came out
     """
-    _configure_logging(verbose)
+    _configure_logging(verbose, click.get_current_context().invoked_subcommand)
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(verbose: int, command: str | None) -> None:
     """Quiet by default: the run's own display says what matters.
 
     Retries are routine (a 503, a 429) and the runner reports what they lead
@@ -88,14 +112,15 @@ def _configure_logging(verbose: int) -> None:
     """
     import logging
 
-    import stamina.instrumentation
-
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "uvicorn", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
-    # None restores stamina's own logging hook; an empty list silences it.
-    stamina.instrumentation.set_on_retry_hooks(None if verbose else ())
+    if command in _NETWORK_COMMANDS:
+        import stamina.instrumentation
+
+        # None restores stamina's own logging hook; an empty list silences it.
+        stamina.instrumentation.set_on_retry_hooks(None if verbose else ())
 
 
 @cli.command()
@@ -107,6 +132,8 @@ def validate(manifest: str) -> None:
     Warnings (such as an exact WxH size the docs do not list for a model)
     are printed too but do not fail. Exit 0 when valid, 2 when not.
     """
+    from .plan import load_plan
+
     plan = load_plan(manifest)
     _print_issues(plan.warnings)
     t = plan.totals
@@ -133,6 +160,8 @@ def plan(manifest: str, as_json: bool, limit: int) -> None:
     identical requests merged, per-model figures and the estimated cost when
     the manifest has `pricing`. Exit 2 if the manifest is invalid.
     """
+    from .plan import load_plan
+
     result = load_plan(manifest)
     _print_issues(result.warnings)
     if as_json:
@@ -205,14 +234,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     out = [fmt.format(*headers).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()]
     out.extend(fmt.format(*row).rstrip() for row in rows)
     return out
-
-
-from .cli_report import report  # noqa: E402  (commands register on the group)
-from .cli_run import retry, run, status  # noqa: E402
-from .cli_simulator import simulator  # noqa: E402
-
-for _command in (run, status, retry, report, simulator):
-    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

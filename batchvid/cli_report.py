@@ -13,15 +13,15 @@ from pathlib import Path
 
 import click
 
-from .batch import DEFAULT_LEDGER as _BATCH_DEFAULT_LEDGER
 from .errors import BatchvidError
+from .ledger import DEFAULT_LEDGER as _LEDGER_DEFAULT
 from .ledger import Ledger
 from .report import FORMATS, ReportData, load_report
 from .report_formats import render
 
 __all__ = ["DEFAULT_LEDGER", "ReportUsageError", "report", "write_atomically"]
 
-DEFAULT_LEDGER = str(_BATCH_DEFAULT_LEDGER)
+DEFAULT_LEDGER = str(_LEDGER_DEFAULT)
 HTML_NAME = "report.html"
 
 

@@ -1,12 +1,12 @@
-"""``batchvid run``, ``status`` and ``retry``: the commands that drive and read the ledger.
+"""``batchvid run``: the command that drives a batch through the API to the end.
 
 Printing, signals and the live display live here; the work is in
-:mod:`batchvid.batch` and :mod:`batchvid.runner`.
+:mod:`batchvid.batch` and :mod:`batchvid.runner`.  ``status`` and ``retry``,
+which only read and edit the ledger, are in :mod:`batchvid.cli_ledger`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -21,7 +21,6 @@ import click
 
 from .batch import (
     DEFAULT_BASE_URL,
-    DEFAULT_LEDGER,
     Endpoint,
     batch_lock,
     open_ledger,
@@ -30,26 +29,16 @@ from .batch import (
     prepare_resume_only,
     run_batch,
 )
+from .cli_ledger import ORDER as _ORDER
+from .cli_ledger import count as _count
+from .cli_ledger import ledger_option, ledger_path_of
 from .errors import BatchvidError, ManifestError
-from .ledger import Ledger
+from .ledger import DEFAULT_LEDGER, Ledger
 from .manifest import Limits
 from .plan import batch_name_of, load_plan
 from .runner import Runner, RunOptions, RunReport, Snapshot
-from .states import JobState
 
-__all__ = ["retry", "run", "status"]
-
-#: States shown first in progress lines, in the order a job moves through them.
-_ORDER = [str(s) for s in JobState]
-_LEDGER_HELP = f"SQLite ledger file [env BATCHVID_LEDGER; default {DEFAULT_LEDGER}]."
-
-
-def _ledger_path(value: str | None) -> Path:
-    return Path(value or os.environ.get("BATCHVID_LEDGER") or DEFAULT_LEDGER)
-
-
-def ledger_option(f: Any) -> Any:
-    return click.option("--ledger", "ledger", metavar="PATH", help=_LEDGER_HELP)(f)
+__all__ = ["run"]
 
 
 @click.command()
@@ -131,7 +120,7 @@ def run(
     \b
     The API key comes from COMETAPI_KEY and is sent only to the API host.
     """
-    ledger_path = _ledger_path(ledger)
+    ledger_path = ledger_path_of(ledger)
     if simulate and base_url:
         raise click.UsageError("--simulate runs its own simulator: leave out --base-url")
     key = os.environ.get("COMETAPI_KEY")
@@ -313,10 +302,6 @@ def _progress_line(snap: Snapshot) -> str:
     return f"[{time.strftime('%H:%M:%S')}] {snap.batch}: {counts}; {_rate_eta(snap)}"
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -364,76 +349,3 @@ def _print_summary(report: RunReport, ledger_path: Path) -> None:
         click.echo(f"- {hint}")
     if ledger_path != Path(os.environ.get("BATCHVID_LEDGER") or DEFAULT_LEDGER):
         click.echo(f"ledger: {ledger_path}")
-
-
-@click.command()
-@click.argument("batch", required=False)
-@ledger_option
-@click.option("--json", "as_json", is_flag=True, help="Print counts as JSON (see DESIGN.md).")
-def status(batch: str | None, ledger: str | None, as_json: bool) -> None:
-    """Counts per state of BATCH (or of every batch), from the ledger.
-
-    Lists in-doubt, failed and stalled jobs with their reasons. Reading is
-    safe while a run is going on. --json prints
-    {"batch", "total", "states": {STATE: count}} (a list when BATCH is omitted).
-    """
-    with open_ledger(_ledger_path(ledger), create=False) as store:
-        if as_json:
-            data: Any = store.status(batch) if batch else store.statuses()
-            click.echo(json.dumps(data, indent=2))
-            return
-        names = [batch] if batch else [b.name for b in store.batches()]
-        if not names:
-            click.echo("the ledger has no batches yet")
-        for name in names:
-            _print_status(store, name)
-
-
-def _print_status(store: Ledger, batch: str) -> None:
-    data = store.status(batch)
-    states = data["states"]
-    counts = "  ".join(f"{s} {states[s]}" for s in _ORDER if states.get(s))
-    click.echo(f"{batch}: {data['total']} jobs  {counts}")
-    for job in store.jobs(batch):
-        if job.state in (JobState.IN_DOUBT, JobState.FAILED, JobState.STALLED):
-            label = job.prompt_id or " ".join(job.prompt.split())[:40]
-            reason = " ".join((job.error_message or "").split())[:120]
-            click.echo(f"  {job.state:<9} #{job.idx} {label}: {reason}")
-
-
-@click.command()
-@click.argument("batch")
-@click.option("--failed", is_flag=True, help="Failed jobs become pending: a new, billed attempt.")
-@click.option(
-    "--in-doubt",
-    "in_doubt",
-    is_flag=True,
-    help="In-doubt jobs become pending. Their first create may have been billed: "
-    "resubmitting can pay twice for one video.",
-)
-@click.option("--stalled", is_flag=True, help="Stalled tasks are polled again (same task id).")
-@ledger_option
-def retry(batch: str, failed: bool, in_doubt: bool, stalled: bool, ledger: str | None) -> None:
-    """Give jobs of BATCH another chance; then `batchvid run MANIFEST` again.
-
-    Nothing is sent by this command: it only changes states in the ledger
-    (each change is an event that keeps the old task id).
-    """
-    if not (failed or in_doubt or stalled):
-        raise click.UsageError("say which jobs: --failed, --in-doubt and/or --stalled")
-    with open_ledger(_ledger_path(ledger), create=False) as store:
-        if store.get_batch(batch) is None:
-            raise click.UsageError(f"no batch {batch!r} in the ledger")
-        if failed:
-            click.echo(f"{store.retry_failed(batch)} failed jobs are pending again")
-        if in_doubt:
-            n = store.retry_in_doubt(batch)
-            click.echo(f"{n} in-doubt jobs are pending again")
-            if n:
-                click.echo(
-                    f"warning: each of those {n} creates may already have made a billed task; "
-                    "resubmitting can pay twice for one video",
-                    err=True,
-                )
-        if stalled:
-            click.echo(f"{store.retry_stalled(batch)} stalled jobs will be polled again")

@@ -37,10 +37,13 @@ from typing import Any, Final
 from .errors import IllegalTransition, LedgerError
 from .ledger_queries import LedgerQueries
 from .ledger_rows import BatchRow, JobInput, axes_json, references_json, utc_iso
-from .ledger_schema import MIGRATIONS, open_connection, open_read_only
+from .ledger_schema import migrations, open_connection, open_read_only
 from .states import POLLING_STATES, JobState, check_transition, poll_state, remote_state
 
-__all__ = ["MIGRATIONS", "Ledger", "utc_iso"]
+__all__ = ["DEFAULT_LEDGER", "Ledger", "migrations", "open_ledger", "utc_iso"]
+
+#: Where the ledger lives unless --ledger or BATCHVID_LEDGER say otherwise.
+DEFAULT_LEDGER: Final = Path("state/batchvid.db")
 
 S = JobState
 _INTERRUPTED: Final = "interrupted while a create request may have been in flight"
@@ -586,3 +589,10 @@ class Ledger(LedgerQueries):
 
 def _json(value: Mapping[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(dict(value), sort_keys=True)
+
+
+def open_ledger(path: Path, *, create: bool = True) -> Ledger:
+    """Open the ledger at ``path``; a clear LedgerError when it is missing and ``create`` is off."""
+    if not create and not path.exists():
+        raise LedgerError(f"no ledger at {path} (run a batch first, or pass --ledger)")
+    return Ledger(path, create=create)

@@ -7,7 +7,6 @@ next on a 100,000-job ledger takes milliseconds.  Writes live in ``ledger``.
 from __future__ import annotations
 
 import sqlite3
-import statistics
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -193,7 +192,11 @@ class LedgerQueries:
             (model, seconds, resolution, HISTORY_SAMPLES),
         )
         samples = [max(0.0, float(r[0])) for r in rows]
-        return statistics.median(samples) if samples else None
+        if not samples:
+            return None
+        import statistics  # not at the top: status and report rarely need it
+
+        return statistics.median(samples)
 
     def verify(self) -> list[str]:
         """Everything wrong with the file: SQLite integrity, and every job against its events.

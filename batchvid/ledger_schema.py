@@ -3,32 +3,50 @@
 Every ``m00N_...`` step is registered with ``sqlite_utils.Migrations("batchvid")``
 and runs once, in a transaction, recorded in ``_sqlite_migrations``.  Never
 edit a step that has shipped: append a new one.
+
+Opening a ledger that is already current reads ``_sqlite_migrations`` with
+plain SQL and never imports sqlite-utils (about 0.1 s of imports, most of what
+``batchvid status`` would otherwise spend); :func:`migrations` builds the
+``Migrations`` set only when a step is pending.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Final
 
 from .errors import LedgerError
 
-__all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS", "open_connection", "open_read_only"]
+if TYPE_CHECKING:
+    import sqlite_utils
+
+__all__ = ["BUSY_TIMEOUT_MS", "MIGRATION_SET", "migrations", "open_connection", "open_read_only"]
 
 #: How long a writer waits for another process's transaction before giving up.
 BUSY_TIMEOUT_MS: Final = 10_000
+#: The ``migration_set`` of batchvid's rows in ``_sqlite_migrations``.
+MIGRATION_SET: Final = "batchvid"
 
-MIGRATIONS: Final = sqlite_utils.Migrations("batchvid")
-_MIGRATION_NAMES: list[str] = []
+_STEPS: list[Callable[[sqlite_utils.Database], None]] = []
 
 
 def _migration(fn: Callable[[sqlite_utils.Database], None]) -> None:
     """Register a schema step.  Append only; never edit one that has shipped."""
-    MIGRATIONS()(fn)
-    _MIGRATION_NAMES.append(fn.__name__)
+    _STEPS.append(fn)
+
+
+@functools.cache
+def migrations() -> sqlite_utils.Migrations:
+    """Every step, as the ``sqlite_utils.Migrations`` set that applies and records them."""
+    import sqlite_utils
+
+    steps = sqlite_utils.Migrations(MIGRATION_SET)
+    for fn in _STEPS:
+        steps()(fn)
+    return steps
 
 
 def m001_initial(db: sqlite_utils.Database) -> None:
@@ -185,10 +203,8 @@ def open_read_only(path: Path) -> sqlite3.Connection:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA query_only = ON")
-        db = sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
-        _check_known(db, path)
-        pending = [m.name for m in MIGRATIONS.pending(db)]
-        if pending and len(pending) == len(_MIGRATION_NAMES):
+        pending = _pending(conn, path)
+        if pending and len(pending) == len(_STEPS):
             raise LedgerError(f"{path} is not a batchvid ledger")
         if pending:
             raise LedgerError(
@@ -203,21 +219,39 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _check_known(db: sqlite_utils.Database, path: Path) -> None:
-    unknown = [m.name for m in MIGRATIONS.applied(db) if m.name not in _MIGRATION_NAMES]
+def _pending(conn: sqlite3.Connection, path: Path) -> list[str]:
+    """Names of the steps not yet applied; a LedgerError for steps this batchvid doesn't know."""
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlite_migrations'"
+    ).fetchone()
+    applied = (
+        [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid",
+                (MIGRATION_SET,),
+            )
+        ]
+        if has_table
+        else []
+    )
+    known = [fn.__name__ for fn in _STEPS]
+    unknown = [name for name in applied if name not in known]
     if unknown:
         raise LedgerError(f"ledger {path} was written by a newer batchvid (migrations {unknown})")
+    return [name for name in known if name not in applied]
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    db = sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
-    _check_known(db, path)
-    if not MIGRATIONS.pending(db):
+    if not _pending(conn, path):
         return
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
     # One opener migrates; a concurrent one waits for the lock, then finds nothing pending.
     conn.execute("BEGIN IMMEDIATE")
     try:
-        MIGRATIONS.apply(db)
+        migrations().apply(db)
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

@@ -142,3 +142,31 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "valid: 1 job," in result.stdout
+
+
+def test_package_exports_resolve_lazily() -> None:
+    """Every name in ``batchvid.__all__`` resolves (the package imports them on first use)."""
+    import batchvid
+
+    for name in batchvid.__all__:
+        assert getattr(batchvid, name) is not None, name
+    assert set(batchvid.__all__) == {*batchvid._EXPORTS, "__version__"}
+
+
+def test_status_and_report_do_not_load_the_http_stack(tmp_path: Path) -> None:
+    """`batchvid status` imports only the ledger: no httpx, YAML or sqlite-utils."""
+    code = (
+        "import sys; from batchvid.cli import main\n"
+        "try:\n    main(['status', '--ledger', sys.argv[1]])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('httpx', 'yaml', 'sqlite_utils', 'anyio', 'rich')"
+        " if m in sys.modules))"
+    )
+    from batchvid.ledger import Ledger
+
+    ledger = tmp_path / "l.db"
+    Ledger(ledger).close()  # created and migrated (this process loads sqlite-utils, not the child)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ledger)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

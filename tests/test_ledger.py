@@ -14,7 +14,7 @@ from report_ledgers import T0, Clock
 from batchvid.errors import IllegalTransition, LedgerError
 from batchvid.ledger import Ledger, utc_iso
 from batchvid.ledger_rows import JobInput, JobRow, NewJob, StoredReference
-from batchvid.ledger_schema import MIGRATIONS
+from batchvid.ledger_schema import migrations
 from batchvid.plan import load_plan
 from batchvid.request import VideoRequest
 from batchvid.states import TRANSITIONS, JobState, chain_problem, poll_state
@@ -235,7 +235,7 @@ def test_m002_upgrades_an_m001_ledger_and_keeps_its_data(path: Path, clock: Cloc
     path.parent.mkdir(parents=True)
     conn = sqlite3.connect(path)
     try:
-        MIGRATIONS.apply(
+        migrations().apply(
             sqlite_utils.Database(conn, execute_plugins=False),
             stop_before="m002_axes_and_endpoint",
         )
@@ -375,7 +375,7 @@ def test_read_only_refuses_missing_foreign_and_outdated_files(tmp_path: Path) ->
     old = tmp_path / "old.db"
     conn = sqlite3.connect(old)
     try:
-        MIGRATIONS.apply(
+        migrations().apply(
             sqlite_utils.Database(conn, execute_plugins=False),
             stop_before="m002_axes_and_endpoint",
         )
