@@ -44,7 +44,8 @@ def count(n: int, noun: str) -> str:
 def status(batch: str | None, ledger: str | None, as_json: bool) -> None:
     """Counts per state of BATCH (or of every batch), from the ledger.
 
-    Lists in-doubt, failed and stalled jobs with their reasons. Reading is
+    Lists in-doubt, failed and stalled jobs with their reasons (the first
+    20 of each; `batchvid report` lists every one). Reading is
     safe while a run is going on. --json prints
     {"batch", "total", "states": {STATE: count}} (a list when BATCH is omitted).
     """
@@ -60,16 +61,24 @@ def status(batch: str | None, ledger: str | None, as_json: bool) -> None:
             _print_status(store, name)
 
 
+#: Jobs listed per state by `status` (in doubt, failed, stalled); the rest are counted.
+STATUS_LISTED = 20
+_LISTED_STATES = (JobState.IN_DOUBT, JobState.FAILED, JobState.STALLED)
+
+
 def _print_status(store: Ledger, batch: str) -> None:
     data = store.status(batch)
     states = data["states"]
     counts = "  ".join(f"{s} {states[s]}" for s in ORDER if states.get(s))
     click.echo(f"{batch}: {data['total']} jobs  {counts}")
-    for job in store.jobs(batch):
-        if job.state in (JobState.IN_DOUBT, JobState.FAILED, JobState.STALLED):
+    for state in _LISTED_STATES:
+        for job in store.jobs_in_states(batch, [state], limit=STATUS_LISTED):
             label = job.prompt_id or " ".join(job.prompt.split())[:40]
             reason = " ".join((job.error_message or "").split())[:120]
             click.echo(f"  {job.state:<9} #{job.idx} {label}: {reason}")
+        if states[state] > STATUS_LISTED:
+            more = states[state] - STATUS_LISTED
+            click.echo(f"  ... and {more} more {state} (batchvid report {batch} lists them all)")
 
 
 @click.command()

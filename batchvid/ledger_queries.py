@@ -39,10 +39,20 @@ class LedgerQueries:
     _lock: threading.RLock
     _clock: Callable[[], float]
 
-    def _rows(self, sql: str, params: Mapping[str, Any] | tuple[Any, ...] = ()) -> list[Any]:
+    def _rows(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | tuple[Any, ...] = (),
+        *,
+        tuples: bool = False,
+    ) -> list[Any]:
+        """Every row of a query: ``sqlite3.Row`` objects, or plain tuples (cheaper) if asked."""
         with self._lock:
             try:
-                return self._conn.execute(sql, params).fetchall()
+                cursor = self._conn.cursor()
+                if tuples:
+                    cursor.row_factory = None
+                return cursor.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise LedgerError(f"ledger {self.path}: {exc}") from exc
 
@@ -69,16 +79,19 @@ class LedgerQueries:
         """Every job of a batch, by index; read in pages, so the ledger stays writable."""
         after: tuple[int, int] = (-(2**62), 0)
         while True:
-            page = self._rows(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE batch = ? AND (idx, id) > (?, ?)"
-                " ORDER BY idx, id LIMIT ?",
-                (batch, *after, _PAGE),
-            )
-            for row in page:
-                yield JobRow.from_row(row)
+            page = [
+                JobRow.from_row(row)
+                for row in self._rows(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE batch = ? AND (idx, id) > (?, ?)"
+                    " ORDER BY idx, id LIMIT ?",
+                    (batch, *after, _PAGE),
+                    tuples=True,
+                )
+            ]
+            yield from page
             if len(page) < _PAGE:
                 return
-            after = (page[-1]["idx"], page[-1]["id"])
+            after = (page[-1].idx, page[-1].id)
 
     def events(self, job_id: int) -> list[Event]:
         rows = self._rows("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,))
@@ -126,8 +139,17 @@ class LedgerQueries:
             f"SELECT {JOB_COLUMNS} FROM jobs{indexed} WHERE batch = :batch AND {where}"
             f" ORDER BY {order} LIMIT :limit",
             {"batch": batch, "limit": limit, "at": at},
+            tuples=True,
         )
         return [JobRow.from_row(r) for r in rows]
+
+    def jobs_in_states(
+        self, batch: str, states: Iterable[JobState], limit: int | None = None
+    ) -> list[JobRow]:
+        """The batch's jobs in any of ``states``, by index (at most ``limit``; None: all)."""
+        return self._jobs_where(
+            f"state IN ({_states_sql(states)})", "idx, id", batch, -1 if limit is None else limit
+        )
 
     def next_poll_time(self, batch: str) -> float | None:
         """The earliest ``next_poll_at`` among the batch's live tasks (``None``: none)."""

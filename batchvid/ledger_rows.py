@@ -11,10 +11,10 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from .request import VideoRequest
 from .states import JobState
@@ -122,11 +122,12 @@ def axes_json(axes: Sequence[tuple[str, str]]) -> str:
     return json.dumps([[str(name), str(value)] for name, value in axes], ensure_ascii=False)
 
 
-@dataclass(frozen=True, slots=True)
-class JobRow:
+class JobRow(NamedTuple):
     """One row of ``jobs``; field names are the column names.
 
     Times named ``..._utc`` are ISO-8601 UTC strings; ``..._at`` are unix seconds.
+    A named tuple rather than a frozen dataclass: as immutable, and built in half
+    the time, which counts when a report or the dispatcher reads many thousands.
     """
 
     id: int
@@ -173,8 +174,8 @@ class JobRow:
     def from_row(cls, row: sqlite3.Row | tuple[Any, ...]) -> JobRow:
         """Build from a row selected as ``SELECT {JOB_COLUMNS} FROM jobs`` (that order)."""
         values: list[Any] = list(row)
-        values[_STATE] = JobState(values[_STATE])
-        return cls(*values)
+        values[_STATE] = _STATES[values[_STATE]]
+        return cls._make(values)
 
     @property
     def references(self) -> tuple[StoredReference, ...]:
@@ -214,8 +215,10 @@ def _decode_references(text: str) -> tuple[StoredReference, ...]:
 
 
 #: The ``jobs`` columns in :class:`JobRow` field order, for ``SELECT``.
-JOB_COLUMNS: Final = ", ".join(f.name for f in fields(JobRow))
-_STATE: Final = [f.name for f in fields(JobRow)].index("state")
+JOB_COLUMNS: Final = ", ".join(JobRow._fields)
+_STATE: Final = JobRow._fields.index("state")
+#: ``jobs.state`` text -> JobState: a dict lookup is several times cheaper than ``JobState(text)``.
+_STATES: Final = {s.value: s for s in JobState}
 
 
 @dataclass(frozen=True, slots=True)

@@ -280,3 +280,28 @@ def test_an_invalid_manifest_still_finishes_what_was_paid_for(
     # Nothing waiting on the API: the same invalid manifest is just an invalid manifest.
     again = batchvid(*run_args(path), env=env)
     assert again.returncode == 2 and "nothing was submitted" in again.stderr
+
+
+def test_status_lists_the_first_failures_of_each_state_and_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    """A batch with 25 failed jobs: 20 listed with their reason, then '... and 5 more failed'."""
+    from batchvid.ledger_rows import NewJob
+
+    path = tmp_path / "l.db"
+    with Ledger(path) as store:
+        store.upsert_batch("many", manifest_path="m.yaml", manifest_sha256="0" * 64, output_dir="o")
+        store.upsert_jobs(
+            "many", [NewJob(key=f"k{i}", index=i, prompt=f"p{i}", model="m") for i in range(30)]
+        )
+        for job in list(store.jobs("many"))[:25]:
+            store.begin_submit(job.id)
+            store.record_submitted(job.id, f"t{job.idx}", "queued", 0.0)
+            store.record_failed(job.id, "OutputModeration", f"flagged #{job.idx}")
+    result = CliRunner().invoke(cli, ["status", "many", "--ledger", str(path)])
+    assert result.exit_code == 0, result.output
+    listed = [line for line in result.stdout.splitlines() if line.startswith("  failed ")]
+    assert len(listed) == 20
+    assert listed[0].endswith("flagged #0") and listed[-1].endswith("flagged #19")
+    assert "... and 5 more failed" in result.stdout
+    assert "many: 30 jobs  pending 5  failed 25" in result.stdout

@@ -11,7 +11,6 @@ import shutil
 import sqlite3
 import statistics
 from collections.abc import Iterator
-from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -586,7 +585,7 @@ def test_render_dispatches_every_format(finished: ReportData) -> None:
 
 def test_big_galleries_stop_preloading_every_video(finished: ReportData, tmp_path: Path) -> None:
     one = next(j for j in finished.jobs if j.state is S.DOWNLOADED)
-    many = [replace(one, id=i, idx=i, key=f"k{i}") for i in range(1, PRELOAD_LIMIT + 2)]
+    many = [one._replace(id=i, idx=i, key=f"k{i}") for i in range(1, PRELOAD_LIMIT + 2)]
     tags = parse(render_html(build_report(finished.batch, many, now=T0), tmp_path / "r.html"))
     preloads = {a["preload"] for t, a in tags.tags if t == "video"}
     assert preloads == {"none"}
