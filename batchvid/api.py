@@ -22,8 +22,10 @@ from __future__ import annotations
 import email.utils
 import enum
 import json
+import math
 import os
 import random
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -91,14 +93,26 @@ _STATUS_WORDS: Final = {
 }
 
 #: Task body keys that may carry failure details (the docs say the shape is not fixed).
-FAILURE_KEYS: Final = ("error", "fail_reason", "failure_reason", "reason")
+FAILURE_KEYS: Final = (
+    "error",
+    "fail_reason",
+    "failure_reason",
+    "reason",
+    "error_message",
+    "message",
+)
 
 
 def normalise_status(raw: object) -> TaskStatus:
-    """Map either vocabulary's status word to :class:`TaskStatus` (``UNKNOWN`` otherwise)."""
+    """Map either vocabulary's status word to :class:`TaskStatus` (``UNKNOWN`` otherwise).
+
+    Case does not matter (``Success``, ``In_Progress``), nor whether words are
+    joined by ``_``, ``-`` or a space (``in progress``).
+    """
     if not isinstance(raw, str):
         return TaskStatus.UNKNOWN
-    return _STATUS_WORDS.get(raw.strip().lower(), TaskStatus.UNKNOWN)
+    word = re.sub(r"[\s\-]+", "_", raw.strip().lower())
+    return _STATUS_WORDS.get(word, TaskStatus.UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,22 +138,69 @@ def _as_int(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, float):
-        return int(value)
     if isinstance(value, str):
         text = value.strip().rstrip("%").strip()
         try:
-            return int(float(text))
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            value = float(text)
         except ValueError:
             return None
+    if isinstance(value, float):
+        # NaN and Infinity are valid to Python's json module; they are no number here.
+        return int(value) if math.isfinite(value) else None
     return None
 
 
-def _failure_detail(body: Mapping[str, Any]) -> str | None:
-    present = {key: body[key] for key in FAILURE_KEYS if body.get(key) not in (None, "", {})}
+#: Fields of an ordinary task body; on a failed task, anything else may be its reason.
+_ORDINARY_KEYS: Final = frozenset(
+    {
+        "id",
+        "task_id",
+        "object",
+        "model",
+        "status",
+        "progress",
+        "created_at",
+        "completed_at",
+        "updated_at",
+        "video_url",
+        "seconds",
+        "size",
+        "resolution",
+        "prompt",
+    }
+)
+
+_EMPTY: Final[tuple[object, ...]] = (None, "", {}, [])
+
+
+def _failure_detail(body: Mapping[str, Any], status: TaskStatus) -> str | None:
+    """Failure details as JSON text: the known keys, else (on FAILED/ERROR) any unknown ones."""
+    present = {key: body[key] for key in FAILURE_KEYS if body.get(key) not in _EMPTY}
+    if not present and status in (TaskStatus.FAILED, TaskStatus.ERROR):
+        # The docs fix no shape: keep whatever else is there.
+        present = {
+            str(key): value
+            for key, value in body.items()
+            if key not in _ORDINARY_KEYS and value not in _EMPTY
+        }
     if not present:
         return None
     return json.dumps(present, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _task_id(body: Mapping[str, Any]) -> str | None:
+    """``id``, else its alias ``task_id``: the first that is a non-empty string or integer."""
+    for key in ("id", "task_id"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def parse_task(body: Mapping[str, Any] | bytes | str) -> Task:
@@ -156,23 +217,22 @@ def parse_task(body: Mapping[str, Any] | bytes | str) -> Task:
             raise ValueError("the answer is not JSON") from exc
     if not isinstance(body, Mapping):
         raise ValueError("the answer is not a JSON object")
-    task_id = body.get("id") or body.get("task_id")
-    if isinstance(task_id, int) and not isinstance(task_id, bool):
-        task_id = str(task_id)
-    if not isinstance(task_id, str) or not task_id.strip():
+    task_id = _task_id(body)
+    if task_id is None:
         raise ValueError("the answer carries no task id")
     raw_status = body.get("status")
+    status = normalise_status(raw_status)
     progress = _as_int(body.get("progress"))
     video_url = body.get("video_url")
     return Task(
-        id=task_id.strip(),
-        status=normalise_status(raw_status),
+        id=task_id,
+        status=status,
         raw_status=raw_status if isinstance(raw_status, str) else "",
         progress=None if progress is None else max(0, min(100, progress)),
-        video_url=video_url if isinstance(video_url, str) and video_url.strip() else None,
+        video_url=video_url.strip() if isinstance(video_url, str) and video_url.strip() else None,
         created_at=_as_int(body.get("created_at")),
         completed_at=_as_int(body.get("completed_at")),
-        error_detail=_failure_detail(body),
+        error_detail=_failure_detail(body, status),
         raw=dict(body),
     )
 
@@ -187,9 +247,9 @@ def failure_reason(task: Task) -> tuple[str | None, str]:
     status = task.raw_status or task.status.value
     for key in FAILURE_KEYS:
         value = task.raw.get(key)
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:
             code = value.get("code") or value.get("type")
-            message = value.get("message") or task.error_detail or ""
+            message = value.get("message") or value.get("msg") or task.error_detail or ""
             return (str(code) if code else status), str(message)
         if isinstance(value, str) and value.strip():
             return status, value.strip()
@@ -209,7 +269,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except ValueError:
         pass
     else:
-        return max(0.0, seconds) if seconds == seconds else None  # NaN is unreadable
+        # NaN and Infinity ("1e999") are unreadable, not "wait forever".
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
@@ -245,6 +306,10 @@ def _error_fields(body: bytes) -> tuple[str | None, str]:
         if message in (None, ""):
             message = data.get("detail") or data.get("msg") or text
         return (None if code in (None, "") else str(code)), str(message)[:500]
+    if text.startswith("<"):
+        # A gateway's HTML (or XML) page: its words, not its markup.
+        text = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>|<[^>]*>", " ", text)
+    text = " ".join(text.split())
     return None, (text[:300] or "(empty body)")
 
 
@@ -273,9 +338,27 @@ def parse_error(
         return RateLimited(message, status=status, code=code, retry_after=retry_after)
     if status == 408 or status >= 500:
         return RetryableError(message, status=status, code=code, retry_after=retry_after)
-    if "task_not_exist" in f"{code or ''} {message}":
+    if 300 <= status < 400:
+        moved = f"the API answered an unexpected redirect{_where(_header(headers, 'location'))}"
+        return RejectedError(redact(f"{moved} (check the base URL)", secrets), status=status)
+    if _TASK_NOT_EXIST.search(f"{code or ''} {message}"):
         return TaskNotFound(message, status=status, code=code)
     return RejectedError(message, status=status, code=code)
+
+
+# The docs' ``task_not_exist``, in any case, with ``_`` or spaces.
+_TASK_NOT_EXIST: Final = re.compile(r"task[_\s]+not[_\s]+exist", re.IGNORECASE)
+
+
+def _where(location: str | None) -> str:
+    """`` to scheme://host/path`` of a redirect target (its query may hold a signature)."""
+    if not location:
+        return ""
+    try:
+        url = httpx.URL(location)
+    except httpx.InvalidURL:
+        return ""
+    return f" to {url.copy_with(query=None, fragment=None)}"
 
 
 def _header(headers: Mapping[str, str] | httpx.Headers, name: str) -> str | None:
@@ -298,22 +381,27 @@ def never_sent(exc: BaseException) -> bool:
     return isinstance(exc, _NEVER_SENT)
 
 
-def error_from_transport(exc: httpx.TransportError, *, idempotent: bool) -> ApiError:
-    """Classify a transport failure (no HTTP answer arrived).
+def error_from_transport(exc: httpx.RequestError, *, idempotent: bool) -> ApiError:
+    """Classify a request that got no usable HTTP answer.
 
     A request that never left is retryable.  Otherwise an idempotent request
     (a GET) is retryable too, but a create is in doubt: it may have made a
     (billed) task whose id we will never learn.  Everything that is not
-    provably unsent counts as sent: when unsure, in doubt.
+    provably unsent counts as sent: when unsure, in doubt.  An answer that
+    arrived but could not be decoded (``httpx.DecodingError``: a corrupt
+    gzip body) is as good as lost.
     """
     kind = type(exc).__name__
     if never_sent(exc):
         return RetryableError(f"could not connect ({kind}); the request was not sent")
-    if idempotent:
-        return RetryableError(f"the connection failed ({kind}); safe to repeat")
-    return InDoubtError(
-        f"the request was sent but no answer arrived ({kind}); a task may have been created"
+    lost = (
+        "the answer could not be decoded"
+        if isinstance(exc, httpx.DecodingError)
+        else "no answer arrived"
     )
+    if idempotent:
+        return RetryableError(f"the request failed ({kind}: {lost}); safe to repeat")
+    return InDoubtError(f"the request was sent but {lost} ({kind}); a task may have been created")
 
 
 @dataclass(frozen=True, slots=True)

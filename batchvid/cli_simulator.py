@@ -45,7 +45,8 @@ def _knob(name: str, type_: Any = None) -> Callable[[_F], _F]:
         "Admin routes (no key needed, never counted): GET /_sim/stats, "
         "GET|POST /_sim/config (JSON knobs), POST /_sim/inject "
         '(e.g. {"server_error": 2, "truncate": 1, "drop_after_create": 1, '
-        '"cdn_error": 1, "expire": 1}), POST /_sim/reset.'
+        '"cdn_error": 1, "expire": 1, "ignore_range": 1, "content_redirect": 1}), '
+        "POST /_sim/reset."
     ),
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -73,6 +74,8 @@ def _knob(name: str, type_: Any = None) -> Callable[[_F], _F]:
 @_knob("p_truncate", _SHARE)
 @_knob("url_ttl", _SECONDS)
 @_knob("p_cdn_error", _SHARE)
+@_knob("p_ignore_range", _SHARE)
+@_knob("p_content_redirect", _SHARE)
 @click.option(
     "--video-url/--no-video-url",
     "video_url",

@@ -14,7 +14,11 @@ in :mod:`batchvid.api`; this module only sends, waits and retries:
 - 401 raises :class:`~batchvid.errors.AuthError` at once, a 400 on create
   :class:`~batchvid.errors.RejectedError` with the API's own words;
 - the bearer token is attached only to requests for the API base URL's
-  scheme, host and port: never to a CDN's signed ``video_url``.
+  scheme, host and port: never to a CDN's signed ``video_url``, nor to any
+  host a redirect leads to (httpx does not re-run auth for redirects and
+  drops ``Authorization`` when one leaves the origin);
+- a relative ``video_url`` is resolved against the API base URL; one that is
+  no http(s) URL at all falls back to ``/content``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import re
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -56,7 +61,9 @@ from .download import (
     DownloadResult,
     Opener,
     TransferInterrupted,
+    error_document,
     fetch_once,
+    read_limited,
 )
 from .errors import (
     ApiError,
@@ -164,9 +171,16 @@ class CometClient:
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        api_key = api_key.strip()
         if not api_key:
             raise AuthError("no API key was given")
+        if not _HEADER_SAFE.fullmatch(api_key):
+            # httpx/h11 would refuse it mid-request, quoting the header (and the key).
+            raise AuthError(
+                "the API key contains spaces, control or non-ASCII characters: check COMETAPI_KEY"
+            )
         root = _api_root(base_url)
+        self._origin = _origin(root)
         self._root = str(root).rstrip("/")
         self._secrets = (api_key,)
         self._limiter = limiter
@@ -180,7 +194,7 @@ class CometClient:
         self._max_refreshes = max_refreshes
         self._rng = rng or random.Random()
         self._http = httpx.AsyncClient(
-            auth=_HostBearer(_origin(root), api_key),
+            auth=_HostBearer(self._origin, api_key),
             http2=True,
             timeout=timeout,
             limits=limits,
@@ -235,10 +249,12 @@ class CometClient:
             before_send=before_send,
         )
         try:
-            return parse_task(response.content)
+            return self._resolved(parse_task(response.content))
         except ValueError as exc:
+            said = parse_error(response.status_code, response.content, {}, secrets=self._secrets)
             raise InDoubtError(
-                f"the create answer could not be read ({exc}); a task may have been created",
+                f"the create answer could not be read ({exc}); a task may have been created"
+                f" (the answer said: {said.message[:200]})",
                 status=response.status_code,
             ) from exc
 
@@ -249,7 +265,7 @@ class CometClient:
         """
         response = await self._call("GET", f"/v1/videos/{_quote(task_id)}", idempotent=True)
         try:
-            return parse_task(response.content)
+            return self._resolved(parse_task(response.content))
         except ValueError as exc:
             raise RetryableError(
                 f"the task answer could not be read ({exc})", status=response.status_code
@@ -275,25 +291,52 @@ class CometClient:
         """
         dest = Path(dest)
         url, task_id = _download_source(source)
+        url = self.resolve_url(url)
+        if url is None and task_id is None:
+            raise DownloadError("no usable download URL (not an absolute http(s) URL)")
+        # What the bytes are of: a .part of anything else is never resumed.
+        identity = f"task:{task_id}" if task_id else f"url:{_without_query(url or '')}"
         if refresh is None and task_id is not None:
             refresh = self._refresher(task_id)
         refreshed = 0
         while True:
             opener = self._cdn_opener(url) if url else self._content_opener(task_id or "")
             try:
-                result = await self._fetch_resuming(opener, dest, attempts)
+                result = await self._fetch_resuming(opener, dest, attempts, identity)
             except UrlExpired:
                 if refresh is None or refreshed >= self._max_refreshes:
                     raise
                 refreshed += 1
                 log.info("download URL refused; re-querying the task (refresh %d)", refreshed)
-                url = await refresh()
+                url = self.resolve_url(await refresh())
                 if url is None and task_id is None:
                     raise
                 continue
             return dataclasses.replace(result, refreshes=refreshed)
 
+    def resolve_url(self, url: str | None) -> str | None:
+        """An absolute http(s) download URL, or ``None`` (use ``/content`` instead).
+
+        A relative (``/files/x.mp4``) or scheme-relative (``//cdn/x.mp4``)
+        ``video_url`` is resolved against the API base URL; one with another
+        scheme, with spaces or control characters, or that cannot be parsed,
+        is no usable URL.
+        """
+        if url is None or not url.strip() or _UNSAFE_URL.search(url.strip()):
+            return None
+        try:
+            absolute = httpx.URL(self._root + "/").join(url.strip())
+        except httpx.InvalidURL:
+            return None
+        if absolute.scheme not in ("http", "https") or not absolute.host:
+            return None
+        return str(absolute)
+
     # -- internals -----------------------------------------------------------
+
+    def _resolved(self, task: Task) -> Task:
+        url = self.resolve_url(task.video_url)
+        return task if url == task.video_url else dataclasses.replace(task, video_url=url)
 
     def _refresher(self, task_id: str) -> UrlRefresher:
         async def refresh() -> str | None:
@@ -307,21 +350,28 @@ class CometClient:
         return refresh
 
     async def _fetch_resuming(
-        self, opener: Opener, dest: Path, attempts: int | None
+        self, opener: Opener, dest: Path, attempts: int | None, identity: str
     ) -> DownloadResult:
         tries = 0
         async for attempt in self._retrying(_download_hint, attempts):
             with attempt:
                 tries += 1
-                result = await fetch_once(opener, dest)
+                result = await fetch_once(opener, dest, identity)
                 return dataclasses.replace(result, attempts=tries)
         raise AssertionError("unreachable: stamina re-raises the last error")
 
     def _cdn_opener(self, url: str) -> Opener:
+        api_origin = _origin(httpx.URL(url)) == self._origin
+
         @asynccontextmanager
         async def open_(headers: Mapping[str, str]) -> AsyncIterator[httpx.Response]:
             # Signed URLs need no token: _HostBearer adds none unless the URL
-            # is the API's own origin.
+            # is the API's own origin (and then the request counts as an API
+            # request for the rate limiter).  Redirects are followed by httpx
+            # inside the auth flow, which is not run again for them, and httpx
+            # drops Authorization whenever a redirect leaves the origin.
+            if api_origin:
+                await self._gate()
             async with self._http.stream(
                 "GET",
                 url,
@@ -346,12 +396,19 @@ class CometClient:
                 follow_redirects=True,
                 timeout=self._download_timeout(),
             ) as response:
-                if response.status_code in (200, 206, 416):
+                ok = response.status_code in (200, 206, 416)
+                if ok and error_document(response.headers) is None:
                     self._rewarded()
                     yield response
                     return
-                await response.aread()
-                error = self._error_from(response)
+                # An error answer, or a 2xx whose body is a JSON/HTML document
+                # (a not-ready task's invalid_request_error) rather than a video.
+                body = await read_limited(response)
+                error = parse_error(
+                    response.status_code, body, response.headers, secrets=self._secrets
+                )
+                if isinstance(error, RateLimited) and self._limiter is not None:
+                    self._limiter.penalise(error.retry_after)
                 if type(error) is RejectedError:
                     # Not ready, or failed: this download cannot succeed now.
                     raise DownloadError(f"/content refused: {error}") from error
@@ -414,7 +471,7 @@ class CometClient:
             response = await self._http.request(
                 method, self._root + path, content=content, headers=headers
             )
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # transport failures, and undecodable answers
             error = error_from_transport(exc, idempotent=idempotent)
             log.debug("%s %s: %s", method, path, error)
             raise error from exc
@@ -443,9 +500,12 @@ class CometClient:
 
 
 def _download_hint(exc: BaseException, policy: RetryPolicy, rng: random.Random) -> bool | float:
-    """Broken transfers are resumed like any retryable API failure."""
+    """Broken transfers are resumed like any retryable API failure (a CDN's
+    Retry-After included)."""
     if isinstance(exc, TransferInterrupted):
-        return True
+        if exc.retry_after is None:
+            return True
+        return backoff_hint(RetryableError("", retry_after=exc.retry_after), policy, rng)
     return backoff_hint(exc, policy, rng)
 
 
@@ -453,9 +513,20 @@ def _download_source(source: Task | str) -> tuple[str | None, str | None]:
     """``(url, task_id)`` for a Task, a signed URL or a bare task id."""
     if isinstance(source, Task):
         return source.video_url, source.id
-    if source.startswith(("http://", "https://")):
+    if source.startswith(("http://", "https://", "/")):
         return source, None
     return None, source
+
+
+#: What an API key may contain to travel in a header: visible ASCII, no spaces.
+_HEADER_SAFE: Final = re.compile(r"[\x21-\x7e]+")
+#: A URL never contains these unescaped.
+_UNSAFE_URL: Final = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _without_query(url: str) -> str:
+    """A signed URL without its (changing) signature."""
+    return url.split("?", 1)[0].split("#", 1)[0]
 
 
 def _quote(task_id: str) -> str:

@@ -9,6 +9,12 @@ byte count is checked against ``Content-Length`` (or the total of
 fsynced, renamed over ``dest`` with ``os.replace`` and its directory fsynced:
 nothing half-written ever carries the final name.
 
+A ``.part`` remembers where it came from in ``dest + ".part.json"`` (the
+source's identity, e.g. its task id, and the server's ``ETag``): a ``.part``
+of another source is discarded rather than resumed, and a resume sends
+``If-Range`` so a server whose file changed answers the whole new file.
+A 2xx whose body is a JSON or HTML document is an error page, and an empty
+body is no video: neither is ever written under the final name.
 Which status means what (403 = the signed URL expired, 5xx = try again...) is
 decided by plain functions here; retries and URL refreshes are looped by the
 client (``CometClient.download``).
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -29,6 +36,7 @@ from typing import BinaryIO, Final
 import anyio.to_thread
 import httpx
 
+from .api import parse_retry_after
 from .errors import DownloadError, UrlExpired
 
 __all__ = [
@@ -37,10 +45,12 @@ __all__ = [
     "TransferInterrupted",
     "WritePlan",
     "download_problem",
+    "error_document",
     "fetch_once",
     "parse_content_range",
     "part_path",
     "plan_write",
+    "read_limited",
 ]
 
 #: Opens one GET (with the extra headers given, e.g. ``Range``) as a streaming response.
@@ -54,7 +64,12 @@ class TransferInterrupted(DownloadError):
     """The transfer broke off (short body, dropped connection, 5xx, 429).
 
     The ``.part`` file is kept; repeating the download resumes it.
+    ``retry_after`` is the server's hint in seconds, when it gave one.
     """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +100,49 @@ class WritePlan:
 def part_path(dest: Path) -> Path:
     """The temporary name a download is written under until it is complete."""
     return dest.with_name(dest.name + ".part")
+
+
+def _meta_path(dest: Path) -> Path:
+    """Where a ``.part`` notes its source and validator."""
+    return dest.with_name(dest.name + ".part.json")
+
+
+def _read_meta(dest: Path) -> dict[str, str | None] | None:
+    try:
+        data = json.loads(_meta_path(dest).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(k): (v if isinstance(v, str) else None) for k, v in data.items()}
+
+
+def _write_meta(dest: Path, identity: str | None, etag: str | None) -> None:
+    payload = {"source": identity, "etag": etag}
+    _meta_path(dest).write_text(json.dumps(payload), encoding="utf-8")
+
+
+def _discard(dest: Path) -> None:
+    part_path(dest).unlink(missing_ok=True)
+    _meta_path(dest).unlink(missing_ok=True)
+
+
+def _resume_point(dest: Path, identity: str | None) -> tuple[int, dict[str, str]]:
+    """Bytes already in the ``.part`` worth keeping, and the headers asking for the rest."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = part_path(dest)
+    offset = part.stat().st_size if part.exists() else 0
+    if not offset:
+        return 0, {}
+    meta = _read_meta(dest)
+    if identity is not None and (meta is None or meta.get("source") != identity):
+        _discard(dest)  # another source's bytes (an earlier task, say): never mix them
+        return 0, {}
+    headers = {"Range": f"bytes={offset}-"}
+    etag = meta.get("etag") if meta else None
+    if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
+        headers["If-Range"] = etag
+    return offset, headers
 
 
 _CONTENT_RANGE: Final = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
@@ -134,61 +192,95 @@ def plan_write(status: int, headers: httpx.Headers, offset: int) -> WritePlan:
     return WritePlan(start=first, total=total if total is not None else last + 1)
 
 
-def download_problem(status: int, body: bytes) -> DownloadError:
-    """The error a non-200/206 download answer stands for.
+def download_problem(
+    status: int, body: bytes, headers: httpx.Headers | None = None
+) -> DownloadError:
+    """The error a download answer that carries no video stands for.
 
-    401/403/410, or a body that says the URL expired: :class:`UrlExpired`
-    (re-query the task).  408, 429 and 5xx: :class:`TransferInterrupted` (try
-    again).  Anything else: a plain :class:`DownloadError`.
+    401/403/404/410, or a body that says the URL expired: :class:`UrlExpired`
+    (re-query the task: a signed URL's object may be gone, or the signature
+    stale).  408, 429 and 5xx: :class:`TransferInterrupted` (try again, after
+    the server's Retry-After when it gave one).  Anything else (a 2xx error
+    page included): a plain :class:`DownloadError`.
     """
     text = body[:_ERROR_BODY_LIMIT].decode("utf-8", errors="replace").strip()
     snippet = " ".join(text.split())[:200]
     detail = f"HTTP {status}" + (f": {snippet}" if snippet else "")
-    if status in (401, 403, 410) or "expire" in text.lower():
+    if status in (401, 403, 404, 410) or "expire" in text.lower():
         return UrlExpired(f"the download URL was refused ({detail})")
     if status in (408, 429) or status >= 500:
-        return TransferInterrupted(f"the download server failed ({detail})")
+        wait = parse_retry_after(headers.get("retry-after")) if headers is not None else None
+        return TransferInterrupted(f"the download server failed ({detail})", retry_after=wait)
     return DownloadError(f"the download failed ({detail})")
 
 
-async def fetch_once(open_: Opener, dest: Path) -> DownloadResult:
+#: Media types that are documents (error pages), never a video.
+_DOCUMENT_TYPES: Final = re.compile(
+    r"^\s*(application/(?:[\w.+-]*\+)?json|text/html|application/xhtml\+xml)\b", re.IGNORECASE
+)
+
+
+def error_document(headers: httpx.Headers) -> str | None:
+    """The media type of a 2xx body that is an error document (JSON, HTML), else ``None``."""
+    content_type = headers.get("content-type", "")
+    match = _DOCUMENT_TYPES.match(content_type)
+    return match.group(1).lower() if match else None
+
+
+async def fetch_once(open_: Opener, dest: Path, identity: str | None = None) -> DownloadResult:
     """One download attempt into ``dest`` via ``dest.part``; see the module docs.
 
-    Raises :class:`UrlExpired`, :class:`TransferInterrupted` (``.part`` kept
-    for a resume) or :class:`DownloadError`.
+    ``identity`` names the source (``task:<id>``): a ``.part`` left by another
+    one is discarded.  Raises :class:`UrlExpired`, :class:`TransferInterrupted`
+    (``.part`` kept for a resume) or :class:`DownloadError`.
     """
     part = part_path(dest)
-    await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True))
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    offset, headers = await anyio.to_thread.run_sync(_resume_point, dest, identity)
     try:
         async with open_(headers) as response:
             if response.status_code == 416 and offset:
                 return await _finish_unsatisfiable(response, part, dest, offset)
-            if response.status_code not in (200, 206):
-                raise download_problem(response.status_code, await _read_limited(response))
+            if response.status_code not in (200, 206) or error_document(response.headers):
+                body = await read_limited(response)
+                raise download_problem(response.status_code, body, response.headers)
             try:
                 plan = plan_write(response.status_code, response.headers, offset)
             except TransferInterrupted:
-                part.unlink(missing_ok=True)
+                _discard(dest)
                 raise
+            if plan.start == 0:
+                _write_meta(dest, identity, response.headers.get("etag"))
             size = await _stream_into(response, part, plan)
     except httpx.TransportError as exc:
         raise TransferInterrupted(
             f"the download broke off ({type(exc).__name__}); the partial file is kept"
         ) from exc
+    except httpx.DecodingError as exc:
+        # The bytes on disk are decoded output of a broken stream: start over.
+        _discard(dest)
+        raise TransferInterrupted(f"the download could not be decoded ({exc})") from exc
+    except httpx.TooManyRedirects as exc:
+        raise DownloadError("the download URL redirects in a loop") from exc
     if plan.total is not None and size != plan.total:
         if size > plan.total:
-            part.unlink(missing_ok=True)
+            _discard(dest)
             raise DownloadError(f"received {size} bytes, more than the announced {plan.total}")
         raise TransferInterrupted(
             f"received {size} of {plan.total} bytes; the partial file is kept"
         )
+    if size == 0:
+        _discard(dest)
+        raise TransferInterrupted("the server answered an empty body, not a video")
     digest = await anyio.to_thread.run_sync(_commit, part, dest)
     return DownloadResult(path=dest, size=size, sha256=digest, resumed_from=plan.start)
 
 
-async def _read_limited(response: httpx.Response) -> bytes:
+async def read_limited(response: httpx.Response) -> bytes:
+    """The start of an error answer's body (never a whole video)."""
+    try:
+        return response.content[:_ERROR_BODY_LIMIT]  # already read (a mocked transport)
+    except httpx.ResponseNotRead:
+        pass
     body = bytearray()
     async for chunk in response.aiter_raw():
         body += chunk
@@ -206,7 +298,7 @@ async def _finish_unsatisfiable(
     if total is not None and total == offset:
         digest = await anyio.to_thread.run_sync(_commit, part, dest)
         return DownloadResult(path=dest, size=offset, sha256=digest, resumed_from=offset)
-    part.unlink(missing_ok=True)
+    _discard(dest)
     raise TransferInterrupted("the partial file does not match the server's; starting over")
 
 
@@ -242,6 +334,7 @@ def _commit(part: Path, dest: Path) -> str:
             digest.update(chunk)
         _fsync(fh)
     os.replace(part, dest)
+    _meta_path(dest).unlink(missing_ok=True)
     _fsync_dir(dest.parent)
     return digest.hexdigest()
 

@@ -149,4 +149,4 @@ class DownloadError(BatchvidError):
 
 
 class UrlExpired(DownloadError):
-    """The signed ``video_url`` was refused (403/410) or has expired: query the task again."""
+    """The signed ``video_url`` was refused (401/403/404/410) or expired: query the task again."""

@@ -47,7 +47,15 @@ ErrorShape = Literal["openai", "flat", "mixed"]
 RetryAfterStyle = Literal["seconds", "date", "none"]
 
 #: One-shot faults that ``inject`` queues for the next N matching requests.
-FAULT_KINDS: Final = ("server_error", "drop_after_create", "truncate", "cdn_error", "expire")
+FAULT_KINDS: Final = (
+    "server_error",
+    "drop_after_create",
+    "truncate",
+    "cdn_error",
+    "expire",
+    "ignore_range",
+    "content_redirect",
+)
 
 _UPPER: Final = {
     "queued": "SUBMITTED",
@@ -79,6 +87,8 @@ class SimConfig:
     p_truncate: float = 0.0
     url_ttl: float = 600.0
     p_cdn_error: float = 0.0
+    p_ignore_range: float = 0.0
+    p_content_redirect: float = 0.0
     video_url: bool = True
     seed: int | None = None
 
@@ -125,6 +135,10 @@ KNOB_HELP: Final = {
     "but the connection closes halfway",
     "url_ttl": "Seconds a signed video_url stays valid; query the task for a fresh one",
     "p_cdn_error": "Probability that the CDN answers a download with 500/502/503",
+    "p_ignore_range": "Probability that a download ignores a Range request and answers "
+    "200 with the whole file (a resuming client must start over, not append)",
+    "p_content_redirect": "Probability that GET /v1/videos/{id}/content answers 302 to the "
+    "task's signed CDN URL instead of streaming the video itself",
     "video_url": "Include video_url in finished tasks (false: clients must use /content)",
     "seed": "Seed for every random choice (same seed and requests, same run)",
 }
@@ -137,6 +151,8 @@ _PROBABILITIES: Final = (
     "p_drop_after_create",
     "p_truncate",
     "p_cdn_error",
+    "p_ignore_range",
+    "p_content_redirect",
 )
 
 

@@ -170,6 +170,11 @@ class _VideoResponse(Response):
         content = self.task.content
         total = len(content)
         wanted = parse_range(self.range_header, total)
+        if self.range_header is not None and self.state.fault(
+            "ignore_range", self.state.config.p_ignore_range
+        ):
+            self.state.count("ranges_ignored")
+            wanted = None  # like a server without range support: the whole file, 200
         headers = [(b"accept-ranges", b"bytes"), (b"etag", f'"{self.task.sha256[:32]}"'.encode())]
         if wanted == "bad":
             headers.append((b"content-range", f"bytes */{total}".encode()))
@@ -259,6 +264,9 @@ def build_api_app(state: SimState) -> ASGIApp:
                 ),
             )
         state.count("content_requests")
+        if state.fault("content_redirect", state.config.p_content_redirect):
+            state.count("content_redirects")
+            return Response(status_code=302, headers={"location": state.sign_url(task.id)})
         return _VideoResponse(state, task, request.headers.get("range"))
 
     async def stats(request: Request) -> Response:

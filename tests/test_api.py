@@ -27,6 +27,7 @@ from batchvid.api import (
 from batchvid.download import (
     TransferInterrupted,
     download_problem,
+    error_document,
     parse_content_range,
     plan_write,
 )
@@ -172,7 +173,7 @@ def test_error_classes_by_status() -> None:
     for status in (500, 502, 503, 504, 408):
         error = parse_error(status, b"<html>Bad Gateway</html>", {})
         assert type(error) is RetryableError, status
-        assert error.message == "<html>Bad Gateway</html>"
+        assert error.message == "Bad Gateway"  # the page's words, not its markup
     limited = parse_error(429, b"", {"Retry-After": "7"})
     assert isinstance(limited, RateLimited)
     assert limited.retry_after == 7.0
@@ -305,9 +306,10 @@ def test_download_problem_classification() -> None:
     assert isinstance(download_problem(400, b"Request has expired"), UrlExpired)
     assert isinstance(download_problem(503, b"busy"), TransferInterrupted)
     assert isinstance(download_problem(429, b""), TransferInterrupted)
-    plain = download_problem(404, b"NoSuchKey")
+    assert isinstance(download_problem(404, b"NoSuchKey"), UrlExpired)  # gone: re-query
+    plain = download_problem(400, b"InvalidArgument")
     assert type(plain) is DownloadError
-    assert "HTTP 404" in str(plain)
+    assert "HTTP 400" in str(plain)
 
 
 @pytest.mark.parametrize(
@@ -324,3 +326,250 @@ def test_download_problem_classification() -> None:
 )
 def test_failure_reason_reads_every_shape(body: dict[str, Any], expected: tuple[str, str]) -> None:
     assert failure_reason(parse_task({"id": "t", **body})) == expected
+
+
+# -- gaps against the docs: every shape an independent server may send ---------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Success", TaskStatus.COMPLETED),
+        ("In_Progress", TaskStatus.IN_PROGRESS),
+        ("in progress", TaskStatus.IN_PROGRESS),
+        ("IN-PROGRESS", TaskStatus.IN_PROGRESS),
+        ("Submitted", TaskStatus.QUEUED),
+        ("QUEUED", TaskStatus.QUEUED),
+        ("Completed", TaskStatus.COMPLETED),
+        ("Failed", TaskStatus.FAILED),
+        ("Error", TaskStatus.ERROR),
+    ],
+)
+def test_mixed_case_statuses_normalise_and_keep_their_raw_word(
+    raw: str, expected: TaskStatus
+) -> None:
+    task = parse_task({"id": "t", "status": raw})
+    assert task.status is expected
+    assert task.raw_status == raw
+
+
+@pytest.mark.parametrize("raw", ["Processing ", "RUNNING", "pending_review", "cancelled"])
+def test_an_unknown_status_word_is_kept_verbatim(raw: str) -> None:
+    task = parse_task({"id": "t", "status": raw})
+    assert (task.status, task.raw_status) == (TaskStatus.UNKNOWN, raw)
+    assert not task.status.terminal
+
+
+@pytest.mark.parametrize(
+    ("body", "progress"),
+    [
+        (b'{"id": "t", "progress": 45}', 45),
+        (b'{"id": "t", "progress": "45"}', 45),
+        (b'{"id": "t", "progress": " 45 "}', 45),
+        (b'{"id": "t", "progress": 45.7}', 45),
+        (b'{"id": "t", "progress": "45.5"}', 45),
+        (b'{"id": "t", "progress": null}', None),
+        (b'{"id": "t"}', None),
+        (b'{"id": "t", "progress": true}', None),
+        (b'{"id": "t", "progress": "soon"}', None),
+        (b'{"id": "t", "progress": -3}', 0),
+        # Python's json accepts these; they must not break the whole answer.
+        (b'{"id": "t", "progress": NaN}', None),
+        (b'{"id": "t", "progress": Infinity}', None),
+        (b'{"id": "t", "progress": "1e999"}', None),
+    ],
+)
+def test_progress_in_every_loose_form(body: bytes, progress: int | None) -> None:
+    assert parse_task(body).progress == progress
+
+
+def test_completed_at_null_missing_or_odd_is_none() -> None:
+    assert parse_task({"id": "t", "completed_at": None}).completed_at is None
+    assert parse_task({"id": "t"}).completed_at is None
+    assert parse_task({"id": "t", "completed_at": "2026-01-01T00:00:00Z"}).completed_at is None
+    assert parse_task(b'{"id": "t", "created_at": 1e400}').created_at is None
+    assert parse_task({"id": "t", "completed_at": 1776567700}).completed_at == 1776567700
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "task_1", "status": "SUBMITTED"},
+        {"task_id": "task_1", "status": "queued"},
+        {"id": "task_1", "task_id": "task_1", "status": "queued"},
+        {"id": "", "task_id": "task_1"},
+        {"id": None, "task_id": "task_1"},
+        {"id": {"odd": True}, "task_id": "task_1"},
+        {"id": " task_1 ", "extra": {"unknown": [1, 2]}, "usage": 3},
+    ],
+)
+def test_create_answers_with_id_task_id_or_both(body: dict[str, object]) -> None:
+    task = parse_task(body)
+    assert task.id == "task_1"
+    assert task.status in (TaskStatus.QUEUED, TaskStatus.UNKNOWN)
+    assert not task.status.terminal
+
+
+def test_unknown_fields_are_kept_in_raw() -> None:
+    task = parse_task({"id": "t", "status": "queued", "seed": 42, "metadata": {"a": 1}})
+    assert task.raw["seed"] == 42 and task.raw["metadata"] == {"a": 1}
+    assert task.error_detail is None
+
+
+def test_video_url_is_stripped() -> None:
+    assert parse_task({"id": "t", "video_url": "  https://cdn/x.mp4\n"}).video_url == (
+        "https://cdn/x.mp4"
+    )
+    assert parse_task({"id": "t", "video_url": 7}).video_url is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        ({"error": "content policy violation"}, "FAILED", "content policy violation"),
+        ({"error": {}, "fail_reason": "worker died"}, "FAILED", "worker died"),
+        ({"error": {"message": "no code here"}}, "FAILED", "no code here"),
+        ({"error": {"code": 1301, "msg": "sensitive"}}, "1301", "sensitive"),
+        ({"message": "quota exhausted"}, "FAILED", "quota exhausted"),
+    ],
+)
+def test_failure_reason_takes_any_documented_or_usual_shape(
+    extra: dict[str, object], code: str, message: str
+) -> None:
+    task = parse_task({"id": "t", "status": "FAILED", **extra})
+    assert failure_reason(task) == (code, message)
+    assert task.error_detail is not None
+
+
+def test_a_failure_under_an_unknown_key_is_kept_too() -> None:
+    task = parse_task(
+        {"id": "t", "status": "error", "model": "m", "progress": 30, "why": {"gpu": "oom"}}
+    )
+    assert task.error_detail is not None
+    assert json.loads(task.error_detail) == {"why": {"gpu": "oom"}}
+    assert failure_reason(task) == ("error", '{"why": {"gpu": "oom"}}')
+    # On a task that did not fail, unknown keys are not mistaken for a reason.
+    assert parse_task({"id": "t", "status": "SUCCESS", "why": "x"}).error_detail is None
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        (OPENAI, "InvalidParameter", "duration out of range"),
+        (FLAT, "InvalidParameter", "duration out of range"),
+        (b'{"error": "invalid size"}', None, "invalid size"),
+        (
+            b'{"error": {"message": "bad", "type": "invalid_request_error"}}',
+            "invalid_request_error",
+            "bad",
+        ),
+        (b'{"code": 400, "message": "bad"}', "400", "bad"),
+        (b'{"detail": "bad"}', None, "bad"),
+        (
+            b"<html>\r\n<head><title>400 Bad Request</title></head>\r\n<body>"
+            b"<center><h1>400 Bad Request</h1></center><hr><center>nginx</center>"
+            b"</body>\r\n</html>\r\n",
+            None,
+            "400 Bad Request 400 Bad Request nginx",
+        ),
+        (b"", None, "(empty body)"),
+        (b"   \r\n", None, "(empty body)"),
+        (b"plain words\n", None, "plain words"),
+        (b"\xff\xfe not utf-8", None, "\ufffd\ufffd not utf-8"),
+    ],
+)
+def test_every_error_body_shape_gives_a_code_and_readable_message(
+    body: bytes, code: str | None, message: str
+) -> None:
+    error = parse_error(400, body, {})
+    assert type(error) is RejectedError
+    assert (error.code, error.message) == (code, message)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error": {"message": "TASK_NOT_EXIST"}}',
+        b'{"code": "Task_Not_Exist", "message": "?"}',
+        b'{"error": "task not exist"}',
+        b'{"error": {"message": "task_not_exist", "type": "invalid_request_error"}}',
+    ],
+)
+def test_task_not_exist_in_any_case_or_spelling(body: bytes) -> None:
+    assert isinstance(parse_error(400, body, {}), TaskNotFound)
+    assert isinstance(parse_error(404, body, {}), TaskNotFound)
+
+
+def test_a_404_that_does_not_say_task_not_exist_is_no_task_not_found() -> None:
+    error = parse_error(404, b"<html>404 Not Found</html>", {})
+    assert type(error) is RejectedError
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error": {"message": "Invalid token", "type": "authentication_error"}}',
+        b'{"code": "Unauthorized", "message": "Invalid token"}',
+        b"",
+        b"<html>401 Authorization Required</html>",
+    ],
+)
+def test_401_is_auth_error_in_every_shape(body: bytes) -> None:
+    error = parse_error(401, body, {})
+    assert isinstance(error, AuthError)
+    assert error.status == 401
+
+
+def test_a_redirect_answer_names_its_target_without_the_query() -> None:
+    error = parse_error(
+        302, b"", {"Location": "https://elsewhere.example/v1/videos?token=sk-k"}, secrets=["sk-k"]
+    )
+    assert type(error) is RejectedError
+    assert "https://elsewhere.example/v1/videos" in error.message
+    assert "token" not in error.message
+    assert "redirect" in str(parse_error(301, b"", {"Location": "::not a url::"}))
+
+
+def test_retry_after_that_is_not_finite_is_unreadable() -> None:
+    for value in ("1e999", "inf", "-inf", "Infinity"):
+        assert parse_retry_after(value) is None, value
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # long past
+    limited = parse_error(429, b"", {"retry-after": "1e999"})
+    assert isinstance(limited, RateLimited) and limited.retry_after is None
+
+
+def test_an_undecodable_answer_is_in_doubt_for_a_create_and_retryable_for_a_get() -> None:
+    exc = httpx.DecodingError("Error -3 while decompressing data", request=REQUEST)
+    assert not never_sent(exc)
+    doubt = error_from_transport(exc, idempotent=False)
+    assert isinstance(doubt, InDoubtError) and "decoded" in str(doubt)
+    assert type(error_from_transport(exc, idempotent=True)) is RetryableError
+
+
+@pytest.mark.parametrize(
+    ("content_type", "document"),
+    [
+        ("application/json", "application/json"),
+        ("application/json; charset=utf-8", "application/json"),
+        ("application/problem+json", "application/problem+json"),
+        ("text/html; charset=UTF-8", "text/html"),
+        ("video/mp4", None),
+        ("application/octet-stream", None),
+        ("binary/octet-stream", None),
+        ("", None),
+    ],
+)
+def test_a_2xx_json_or_html_body_is_an_error_document(
+    content_type: str, document: str | None
+) -> None:
+    headers = httpx.Headers({"content-type": content_type} if content_type else {})
+    assert error_document(headers) == document
+
+
+def test_download_5xx_and_429_carry_the_servers_retry_after() -> None:
+    limited = download_problem(429, b"slow down", httpx.Headers({"retry-after": "4"}))
+    assert isinstance(limited, TransferInterrupted) and limited.retry_after == 4.0
+    busy = download_problem(503, b"", httpx.Headers({}))
+    assert isinstance(busy, TransferInterrupted) and busy.retry_after is None
+    assert isinstance(download_problem(200, b'{"error": "url expired"}'), UrlExpired)
+    assert type(download_problem(200, b'{"error": "nope"}')) is DownloadError

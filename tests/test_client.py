@@ -4,9 +4,10 @@ where the failure cannot be produced by a real server on demand)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -631,3 +632,631 @@ async def test_base_url_may_end_in_v1(sim: Simulator) -> None:
         assert client.base_url == sim.base_url
         with pytest.raises(TaskNotFound):
             await client.retrieve("task_x")
+
+
+# -- gaps against the docs: answers an independent server may give ---------------
+
+VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
+
+
+class Recorder:
+    """A MockTransport handler: answers from a function, remembers every request."""
+
+    def __init__(self, answer: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.answer = answer
+        self.requests: list[httpx.Request] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.answer(request)
+
+    def auth(self) -> list[tuple[str, str | None]]:
+        return [(str(r.url), r.headers.get("authorization")) for r in self.requests]
+
+
+def video_answer(request: httpx.Request, data: bytes = VIDEO) -> httpx.Response:
+    """A CDN that honours single ``bytes=N-`` ranges."""
+    wanted = request.headers.get("range")
+    if wanted:
+        first = int(wanted.removeprefix("bytes=").rstrip("-"))
+        return httpx.Response(
+            206,
+            headers={
+                "content-range": f"bytes {first}-{len(data) - 1}/{len(data)}",
+                "content-type": "video/mp4",
+            },
+            content=data[first:],
+        )
+    return httpx.Response(200, headers={"content-type": "video/mp4"}, content=data)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "task_1", "status": "SUBMITTED"}',
+        b'{"task_id": "task_1", "status": "queued"}',
+        b'{"id": "task_1", "task_id": "task_1", "status": "queued", "new_field": [1]}',
+        b'{"id": "task_1"}',
+    ],
+    ids=["id", "task_id", "both", "no-status"],
+)
+async def test_create_reads_id_task_id_or_both(body: bytes) -> None:
+    recorder = Recorder(lambda r: httpx.Response(200, content=body))
+    async with mock_client(recorder) as client:
+        task = await client.create(VideoRequest(prompt="x", model=FAST))
+    assert task.id == "task_1" and not task.status.terminal
+    assert len(recorder.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, b'{"status": "queued", "object": "video"}'),
+        (200, b'{"error": {"message": "upstream busy", "type": "server_error"}}'),
+        (200, b""),
+        (201, b"<html>created</html>"),
+        (204, b""),
+    ],
+    ids=["no-id", "error-object", "empty", "html", "no-content"],
+)
+async def test_a_2xx_create_without_a_readable_id_is_in_doubt_and_never_repeated(
+    status: int, body: bytes
+) -> None:
+    recorder = Recorder(lambda r: httpx.Response(status, content=body))
+    async with mock_client(recorder) as client:
+        with pytest.raises(InDoubtError, match="may have been created") as caught:
+            await client.create(VideoRequest(prompt="x", model=FAST))
+    assert len(recorder.requests) == 1
+    assert caught.value.status == status
+    if b"upstream busy" in body:
+        assert "upstream busy" in str(caught.value)
+
+
+async def test_an_undecodable_create_answer_is_in_doubt_but_a_poll_is_repeated() -> None:
+    def corrupt(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and len(recorder.requests) > 2:
+            return httpx.Response(200, content=TASK_BODY)
+        return httpx.Response(200, headers={"content-encoding": "gzip"}, content=b"not gzip")
+
+    recorder = Recorder(corrupt)
+    async with mock_client(recorder) as client:
+        with pytest.raises(InDoubtError, match="decoded"):
+            await client.create(VideoRequest(prompt="x", model=FAST))
+        assert (await client.retrieve("task_1")).id == "task_1"
+    assert [r.method for r in recorder.requests] == ["POST", "GET", "GET"]
+
+
+async def test_odd_task_bodies_do_not_break_a_poll() -> None:
+    body = b'{"id": "task_1", "status": "In_Progress", "progress": NaN, "completed_at": null}'
+    async with mock_client(Recorder(lambda r: httpx.Response(200, content=body))) as client:
+        task = await client.retrieve("task_1")
+    assert (task.status, task.raw_status, task.progress) == (
+        TaskStatus.IN_PROGRESS,
+        "In_Progress",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error": {"message": "task_not_exist", "type": "invalid_request_error"}}',
+        b'{"code": "task_not_exist", "message": "task_not_exist"}',
+        b'{"error": "task_not_exist"}',
+    ],
+)
+async def test_task_not_exist_on_retrieve_in_every_shape(body: bytes) -> None:
+    recorder = Recorder(lambda r: httpx.Response(400, content=body))
+    async with mock_client(recorder) as client:
+        with pytest.raises(TaskNotFound):
+            await client.retrieve("task_gone")
+    assert len(recorder.requests) == 1  # never retried
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error": {"message": "Invalid token", "type": "invalid_request_error"}}',
+        b'{"code": "invalid_api_key", "message": "Invalid token"}',
+        b"<html><body>401 Authorization Required</body></html>",
+        b"",
+    ],
+)
+async def test_401_in_every_shape_is_auth_error_at_once(body: bytes) -> None:
+    recorder = Recorder(lambda r: httpx.Response(401, content=body))
+    async with mock_client(recorder) as client:
+        with pytest.raises(AuthError):
+            await client.create(VideoRequest(prompt="x", model=FAST))
+        with pytest.raises(AuthError):
+            await client.retrieve("task_1")
+    assert len(recorder.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "penalty"),
+    [
+        ({}, None),
+        ({"Retry-After": "0"}, 0.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # an HTTP-date, long past
+        ({"Retry-After": "whenever"}, None),
+    ],
+    ids=["none", "seconds", "http-date", "unreadable"],
+)
+async def test_429_with_or_without_retry_after_is_retried(
+    headers: dict[str, str], penalty: float | None
+) -> None:
+    def limited_once(request: httpx.Request) -> httpx.Response:
+        if len(recorder.requests) == 1:
+            return httpx.Response(429, headers=headers, content=b'{"error": "slow down"}')
+        return httpx.Response(200, content=TASK_BODY)
+
+    recorder = Recorder(limited_once)
+    gate = CountingGate()
+    async with mock_client(recorder, limiter=gate) as client:
+        assert (await client.create(VideoRequest(prompt="x", model=FAST))).id == "task_1"
+    assert len(recorder.requests) == 2  # a 429 did no work: the create may be repeated
+    assert gate.penalties == [penalty]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
+        b"",
+        b'{"error": {"message": "upstream timeout", "type": "server_error"}}',
+    ],
+)
+async def test_5xx_pages_of_any_shape_are_retried_then_reported_readably(body: bytes) -> None:
+    recorder = Recorder(lambda r: httpx.Response(502, content=body))
+    async with mock_client(recorder, max_attempts=3) as client:
+        with pytest.raises(RetryableError) as caught:
+            await client.retrieve("task_1")
+    assert len(recorder.requests) == 3
+    assert caught.value.status == 502
+    assert "<" not in caught.value.message
+
+
+async def test_an_api_redirect_on_create_is_rejected_not_followed() -> None:
+    recorder = Recorder(
+        lambda r: httpx.Response(307, headers={"Location": "https://other.example/v1/videos"})
+    )
+    async with mock_client(recorder) as client:
+        with pytest.raises(RejectedError, match=r"redirect to https://other\.example"):
+            await client.create(VideoRequest(prompt="x", model=FAST))
+    assert [str(r.url) for r in recorder.requests] == ["https://api.example/v1/videos"]
+
+
+# -- downloads: what the docs allow a server to do ---------------------------------
+
+
+async def test_success_without_video_url_downloads_from_content_with_the_key(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder(video_answer)
+    async with mock_client(recorder) as client:
+        result = await client.download(
+            Task("task_1", TaskStatus.COMPLETED, "SUCCESS"), tmp_path / "v.mp4"
+        )
+    assert result.sha256 == hashlib.sha256(VIDEO).hexdigest() and result.size == len(VIDEO)
+    assert recorder.auth() == [("https://api.example/v1/videos/task_1/content", "Bearer sk-mock")]
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type"),
+    [
+        (400, "application/json"),
+        (404, "application/json"),
+        (200, "application/json"),
+        (200, "text/html; charset=utf-8"),
+    ],
+)
+async def test_content_before_completion_is_a_download_error_and_writes_nothing(
+    tmp_path: Path, status: int, content_type: str
+) -> None:
+    body = (
+        b'{"error": {"message": "the video is not ready", "type": "invalid_request_error",'
+        b' "code": "invalid_request_error"}}'
+    )
+    recorder = Recorder(
+        lambda r: httpx.Response(status, headers={"content-type": content_type}, content=body)
+    )
+    dest = tmp_path / "v.mp4"
+    async with mock_client(recorder) as client:
+        with pytest.raises(DownloadError, match="not ready"):
+            await client.download("task_1", dest)
+    assert not dest.exists() and not part_path(dest).exists()
+    assert len(recorder.requests) == 1  # not retried: ask again once the task is done
+
+
+async def test_a_cdn_answering_200_with_a_json_error_writes_nothing(tmp_path: Path) -> None:
+    recorder = Recorder(
+        lambda r: httpx.Response(
+            200, headers={"content-type": "application/json"}, content=b'{"code": "Denied"}'
+        )
+    )
+    dest = tmp_path / "v.mp4"
+    async with mock_client(recorder) as client:
+        with pytest.raises(DownloadError, match="Denied"):
+            await client.download("https://cdn.example/v.mp4?sig=1", dest)
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+@pytest.mark.parametrize(
+    ("video_url", "fetched", "token"),
+    [
+        ("/files/task_1.mp4", "https://api.example/files/task_1.mp4", "Bearer sk-mock"),
+        ("files/task_1.mp4", "https://api.example/files/task_1.mp4", "Bearer sk-mock"),
+        ("//cdn.example/task_1.mp4?sig=2", "https://cdn.example/task_1.mp4?sig=2", None),
+        (
+            "ftp://cdn.example/task_1.mp4",
+            "https://api.example/v1/videos/task_1/content",
+            "Bearer sk-mock",
+        ),
+        ("not a url at all", "https://api.example/v1/videos/task_1/content", "Bearer sk-mock"),
+    ],
+    ids=["root-relative", "relative", "scheme-relative", "ftp", "garbage"],
+)
+async def test_a_relative_or_odd_video_url_is_resolved_against_the_api(
+    tmp_path: Path, video_url: str, fetched: str, token: str | None
+) -> None:
+    body = json.dumps({"id": "task_1", "status": "SUCCESS", "video_url": video_url}).encode()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/videos/task_1":
+            return httpx.Response(200, content=body)
+        return video_answer(request)
+
+    recorder = Recorder(answer)
+    async with mock_client(recorder) as client:
+        task = await client.retrieve("task_1")
+        assert task.video_url is None or task.video_url.startswith("https://")
+        result = await client.download(task, tmp_path / "v.mp4")
+    assert result.size == len(VIDEO)
+    assert recorder.auth()[1:] == [(fetched, token)]
+
+
+@pytest.mark.parametrize(
+    ("start", "hops"),
+    [
+        # /content on the API redirects to a CDN, which redirects to another CDN host.
+        ("task_1", ["https://cdn.example/a.mp4", "https://cdn2.example/b.mp4"]),
+        # A signed URL on the API's own host redirects to a CDN.
+        ("https://api.example/signed/task_1.mp4", ["https://cdn.example/a.mp4"]),
+        # A CDN redirects back to the API host: the auth flow is not re-run for it.
+        ("https://cdn.example/a.mp4", ["https://api.example/files/b.mp4"]),
+        # Same host, another scheme (https -> http): a different origin.
+        ("task_1", ["http://api.example/files/b.mp4"]),
+    ],
+    ids=["content-cdn-cdn", "api-signed-cdn", "cdn-api", "https-to-http"],
+)
+async def test_redirects_never_carry_the_key_off_the_api_origin(
+    tmp_path: Path, start: str, hops: list[str]
+) -> None:
+    chain = dict(zip([None, *hops], [*hops, None], strict=True))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        url = str(request.url.copy_with(query=None))
+        after = (
+            chain.get(url) if url in chain else chain[None] if len(recorder.requests) == 1 else None
+        )
+        if after is not None:
+            return httpx.Response(302, headers={"Location": after})
+        return video_answer(request)
+
+    recorder = Recorder(answer)
+    async with mock_client(recorder) as client:
+        result = await client.download(start, tmp_path / "v.mp4")
+    assert result.sha256 == hashlib.sha256(VIDEO).hexdigest()
+    seen = recorder.auth()
+    assert [url for url, _ in seen][1:] == hops
+    assert [token for _, token in seen][1:] == [None] * len(hops)
+    first_is_api = start == "task_1" or start.startswith("https://api.example/")
+    assert seen[0][1] == ("Bearer sk-mock" if first_is_api else None)
+
+
+async def test_a_redirect_loop_is_a_download_error(tmp_path: Path) -> None:
+    recorder = Recorder(
+        lambda r: httpx.Response(302, headers={"Location": "https://cdn.example/loop"})
+    )
+    async with mock_client(recorder) as client:
+        with pytest.raises(DownloadError, match="loop"):
+            await client.download("https://cdn.example/loop", tmp_path / "v.mp4")
+
+
+def stream_then_break(data: bytes, cut: int, total: int | None) -> httpx.Response:
+    """A 200 that sends ``data[:cut]`` and then loses the connection."""
+
+    class Breaking(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield data[:cut]
+            raise httpx.ReadError("peer closed connection")
+
+    headers = {"content-type": "video/mp4"}
+    if total is not None:
+        headers["content-length"] = str(total)
+    return httpx.Response(200, headers=headers, stream=Breaking())
+
+
+async def test_a_server_that_ignores_range_restarts_the_file_instead_of_appending(
+    tmp_path: Path,
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if len(recorder.requests) == 1:
+            return stream_then_break(VIDEO, 1000, len(VIDEO))
+        return httpx.Response(200, headers={"content-type": "video/mp4"}, content=VIDEO)  # no 206
+
+    recorder = Recorder(answer)
+    dest = tmp_path / "v.mp4"
+    async with mock_client(recorder) as client:
+        result = await client.download("https://cdn.example/v.mp4", dest)
+    assert recorder.requests[1].headers["range"] == "bytes=1000-"
+    assert dest.read_bytes() == VIDEO
+    assert (result.size, result.resumed_from, result.attempts) == (len(VIDEO), 0, 2)
+    assert result.sha256 == hashlib.sha256(VIDEO).hexdigest()
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "no-length"])
+async def test_a_truncated_body_keeps_its_part_and_resumes(tmp_path: Path, announced: bool) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if len(recorder.requests) == 1:
+            return stream_then_break(VIDEO, 777, len(VIDEO) if announced else None)
+        return video_answer(request)
+
+    recorder = Recorder(answer)
+    dest = tmp_path / "v.mp4"
+    async with mock_client(recorder) as client:
+        result = await client.download("https://cdn.example/v.mp4", dest)
+    assert dest.read_bytes() == VIDEO and not part_path(dest).exists()
+    assert (result.resumed_from, result.attempts) == (777, 2)
+
+
+async def test_a_chunked_body_without_content_length_is_counted_and_hashed(
+    tmp_path: Path,
+) -> None:
+    class Chunks(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for start in range(0, len(VIDEO), 1000):
+                yield VIDEO[start : start + 1000]
+
+    recorder = Recorder(
+        lambda r: httpx.Response(
+            200,
+            headers={"content-type": "video/mp4", "transfer-encoding": "chunked"},
+            stream=Chunks(),
+        )
+    )
+    dest = tmp_path / "v.mp4"
+    async with mock_client(recorder) as client:
+        result = await client.download("https://cdn.example/v.mp4", dest)
+    assert (result.size, result.sha256) == (len(VIDEO), hashlib.sha256(VIDEO).hexdigest())
+    assert dest.read_bytes() == VIDEO
+
+
+def seed_part(dest: Path, data: bytes, source: str | None, etag: str | None = None) -> None:
+    """A ``.part`` as an earlier, broken download of ``source`` left it."""
+    part_path(dest).write_bytes(data)
+    if source is not None:
+        meta = {"source": source, "etag": etag}
+        dest.with_name(dest.name + ".part.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("part_bytes", "content_range", "requests"),
+    [
+        (VIDEO, f"bytes */{len(VIDEO)}", 1),  # the .part was already whole
+        (VIDEO[:500] + b"junk", f"bytes */{len(VIDEO) - 100}", 2),  # it was not: start over
+        (VIDEO + b"more", None, 2),  # no Content-Range at all: start over
+    ],
+    ids=["complete", "mismatch", "no-content-range"],
+)
+async def test_416_to_a_resume_commits_a_whole_part_or_starts_over(
+    tmp_path: Path, part_bytes: bytes, content_range: str | None, requests: int
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("range"):
+            headers = {"content-range": content_range} if content_range else {}
+            return httpx.Response(416, headers=headers)
+        return video_answer(request)
+
+    dest = tmp_path / "v.mp4"
+    seed_part(dest, part_bytes, "url:https://cdn.example/v.mp4")
+    recorder = Recorder(answer)
+    async with mock_client(recorder) as client:
+        result = await client.download("https://cdn.example/v.mp4", dest)
+    assert len(recorder.requests) == requests
+    assert dest.read_bytes() == (part_bytes if requests == 1 else VIDEO)
+    assert result.size == dest.stat().st_size and not part_path(dest).exists()
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 410])
+async def test_a_refused_or_vanished_signed_url_is_refreshed(tmp_path: Path, status: int) -> None:
+    fresh = b'{"id": "task_1", "status": "SUCCESS", "video_url": "https://cdn.example/new.mp4"}'
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/videos/task_1":
+            return httpx.Response(200, content=fresh)
+        if request.url.path == "/old.mp4":
+            return httpx.Response(status, content=b"<Error><Code>AccessDenied</Code></Error>")
+        return video_answer(request)
+
+    recorder = Recorder(answer)
+    task = Task("task_1", TaskStatus.COMPLETED, "SUCCESS", video_url="https://cdn.example/old.mp4")
+    async with mock_client(recorder) as client:
+        result = await client.download(task, tmp_path / "v.mp4")
+    assert result.refreshes == 1
+    assert [r.url.path for r in recorder.requests] == ["/old.mp4", "/v1/videos/task_1", "/new.mp4"]
+    assert [r.headers.get("authorization") for r in recorder.requests] == [
+        None,
+        "Bearer sk-mock",
+        None,
+    ]
+
+
+async def test_a_cdn_429_honours_retry_after(tmp_path: Path) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if len(recorder.requests) == 1:
+            return httpx.Response(429, headers={"Retry-After": "0"})
+        return video_answer(request)
+
+    recorder = Recorder(answer)
+    async with mock_client(recorder) as client:
+        result = await client.download("https://cdn.example/v.mp4", tmp_path / "v.mp4")
+    assert result.attempts == 2
+
+
+async def test_an_encoded_body_that_cannot_be_decoded_starts_over(tmp_path: Path) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if len(recorder.requests) == 1:
+            return httpx.Response(200, headers={"content-encoding": "gzip"}, content=b"garbage")
+        return video_answer(request)
+
+    recorder = Recorder(answer)
+    dest = tmp_path / "v.mp4"
+    async with mock_client(recorder) as client:
+        result = await client.download("https://cdn.example/v.mp4", dest)
+    assert "range" not in recorder.requests[1].headers
+    assert dest.read_bytes() == VIDEO and result.attempts == 2
+
+
+async def test_the_final_name_never_holds_a_partial_file(tmp_path: Path) -> None:
+    recorder = Recorder(lambda r: stream_then_break(VIDEO, 300, len(VIDEO)))
+    dest = tmp_path / "v.mp4"
+    async with mock_client(recorder) as client:
+        with pytest.raises(TransferInterrupted):
+            await client.download("https://cdn.example/v.mp4", dest, attempts=2)
+    assert not dest.exists()
+    # The second attempt asked for the rest, got the whole file again (200) and
+    # started over: what is kept is the start of the file, never appended twice.
+    assert part_path(dest).read_bytes() == VIDEO[:300]
+
+
+# -- the simulator with the new faults, on a real socket -----------------------------
+
+
+async def test_a_resume_against_a_server_ignoring_range_restarts_on_a_socket(
+    sim: Simulator, client: CometClient, tmp_path: Path
+) -> None:
+    task = await finished_task(client)
+    sim.inject(truncate=1, ignore_range=1)
+    dest = tmp_path / "v.mp4"
+    result = await client.download(task, dest)
+    counters = sim.stats()["counters"]
+    assert (counters["truncated"], counters["ranges_ignored"]) == (1, 1)
+    assert "ranges" not in counters  # no 206 was ever sent
+    assert (result.attempts, result.resumed_from) == (2, 0)
+    assert result.sha256 == sim.stats()["tasks"][task.id]["sha256"]
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == result.sha256
+
+
+async def test_content_redirecting_to_the_cdn_sends_it_no_key(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.configure(video_url=False)
+    async with fast_client(sim) as client:
+        task = await finished_task(client)
+        sim.inject(content_redirect=1)
+        result = await client.download(task, tmp_path / "v.mp4")
+    counters = sim.stats()["counters"]
+    assert (counters["content_redirects"], counters["cdn_requests"]) == (1, 1)
+    assert counters.get("cdn_authorization_headers", 0) == 0
+    assert result.sha256 == sim.stats()["tasks"][task.id]["sha256"]
+
+
+# -- the key ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["sk-abc\ndef", "sk abc", "sk-\u00e9t\u00e9", "sk-\x00"])
+async def test_a_key_that_cannot_travel_in_a_header_is_refused_without_echo(key: str) -> None:
+    with pytest.raises(AuthError) as caught:
+        CometClient("https://api.example", key)
+    assert key not in str(caught.value) and key.strip() not in repr(caught.value)
+
+
+async def test_surrounding_whitespace_of_the_key_is_ignored() -> None:
+    recorder = Recorder(lambda r: httpx.Response(200, content=TASK_BODY))
+    async with CometClient(
+        "https://api.example", "  sk-mock\n", transport=httpx.MockTransport(recorder)
+    ) as client:
+        await client.retrieve("task_1")
+    assert recorder.requests[0].headers["authorization"] == "Bearer sk-mock"
+
+
+async def test_the_key_is_in_no_error_chain_of_a_failed_request() -> None:
+    secret = "sk-mock"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError(f"lost while talking to {request.url}", request=request)
+
+    async with mock_client(Recorder(answer), max_attempts=1) as client:
+        with pytest.raises(InDoubtError) as caught:
+            await client.create(VideoRequest(prompt="x", model=FAST))
+    texts: list[str] = []
+    exc: BaseException | None = caught.value
+    while exc is not None:
+        texts += [str(exc), repr(exc)]
+        request = getattr(exc, "_request", None)
+        if isinstance(request, httpx.Request):
+            texts += [repr(request), repr(request.headers)]
+        exc = exc.__cause__ or exc.__context__
+    assert len(texts) >= 4
+    assert not [t for t in texts if secret in t]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [None, "task:task_OLD", "url:https://cdn.example/other.mp4"],
+    ids=["unknown-origin", "another-task", "another-url"],
+)
+async def test_a_part_of_another_source_is_discarded_not_resumed(
+    tmp_path: Path, source: str | None
+) -> None:
+    dest = tmp_path / "v.mp4"
+    seed_part(dest, b"bytes of some other video" * 10, source)
+    recorder = Recorder(video_answer)
+    async with mock_client(recorder) as client:
+        task = Task(
+            "task_1", TaskStatus.COMPLETED, "SUCCESS", video_url="https://cdn.example/v.mp4"
+        )
+        result = await client.download(task, dest)
+    assert "range" not in recorder.requests[0].headers
+    assert dest.read_bytes() == VIDEO and result.resumed_from == 0
+    assert list(tmp_path.iterdir()) == [dest]  # neither .part nor its note is left
+
+
+async def test_a_resume_sends_if_range_and_a_changed_file_starts_over(tmp_path: Path) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if len(recorder.requests) == 1:
+            broken = stream_then_break(VIDEO, 1000, len(VIDEO))
+            broken.headers["etag"] = '"v1"'
+            return broken
+        # The file changed upstream: If-Range no longer matches, the whole new file.
+        assert request.headers["if-range"] == '"v1"'
+        assert request.headers["range"] == "bytes=1000-"
+        return httpx.Response(200, headers={"etag": '"v2"'}, content=VIDEO[::-1])
+
+    recorder = Recorder(answer)
+    dest = tmp_path / "v.mp4"
+    async with mock_client(recorder) as client:
+        result = await client.download("task_1", dest)
+    assert dest.read_bytes() == VIDEO[::-1] and result.resumed_from == 0
+    assert list(tmp_path.iterdir()) == [dest]
+
+
+async def test_an_empty_body_is_no_video(tmp_path: Path) -> None:
+    recorder = Recorder(lambda r: httpx.Response(200, headers={"content-type": "video/mp4"}))
+    dest = tmp_path / "v.mp4"
+    async with mock_client(recorder) as client:
+        with pytest.raises(TransferInterrupted, match="empty"):
+            await client.download("https://cdn.example/v.mp4", dest, attempts=2)
+    assert len(recorder.requests) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_an_unusable_bare_url_is_a_download_error_without_any_request(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder(video_answer)
+    async with mock_client(recorder) as client:
+        with pytest.raises(DownloadError, match="no usable download URL"):
+            await client.download("https://cdn.example/a b.mp4", tmp_path / "v.mp4")
+    assert recorder.requests == []

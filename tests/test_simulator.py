@@ -384,6 +384,36 @@ def test_truncated_download_announces_everything_and_sends_half(
     assert sim_thread.stats()["counters"]["truncated"] == 1
 
 
+def test_ignore_range_answers_the_whole_file_with_200(
+    sim_thread: Simulator, http: httpx.Client
+) -> None:
+    _, url = finished_url(sim_thread, http)
+    whole = httpx.get(url).content
+    sim_thread.inject(ignore_range=1)
+    ignored = httpx.get(url, headers={"Range": "bytes=100-"})
+    assert (ignored.status_code, ignored.content) == (200, whole)
+    assert "content-range" not in ignored.headers
+    assert httpx.get(url, headers={"Range": "bytes=100-"}).status_code == 206  # one-shot
+    counters = sim_thread.stats()["counters"]
+    assert (counters["ranges_ignored"], counters["ranges"]) == (1, 1)
+
+
+def test_content_redirect_sends_the_client_to_the_signed_cdn_url(
+    sim_thread: Simulator, http: httpx.Client
+) -> None:
+    task_id, _ = finished_url(sim_thread, http)
+    sim_thread.configure(p_content_redirect=1.0)
+    moved = http.get(f"/v1/videos/{task_id}/content", follow_redirects=False)
+    assert moved.status_code == 302
+    location = moved.headers["location"]
+    assert location.startswith(sim_thread.cdn_url + f"/v/{task_id}.mp4?")
+    video = httpx.get(location)
+    assert (
+        hashlib.sha256(video.content).hexdigest() == sim_thread.stats()["tasks"][task_id]["sha256"]
+    )
+    assert sim_thread.stats()["counters"]["content_redirects"] == 1
+
+
 def test_cdn_errors_are_5xx_in_xml(sim_thread: Simulator, http: httpx.Client) -> None:
     _, url = finished_url(sim_thread, http)
     sim_thread.inject(cdn_error=1)
