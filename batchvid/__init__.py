@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         RateLimited,
         RejectedError,
         RetryableError,
+        ServiceRefused,
         TaskNotFound,
         UrlExpired,
     )
@@ -50,6 +51,7 @@ _EXPORTS = {
     "RateLimited": "errors",
     "RejectedError": "errors",
     "RetryableError": "errors",
+    "ServiceRefused": "errors",
     "TaskNotFound": "errors",
     "UrlExpired": "errors",
     "JobSpec": "expand",
@@ -75,6 +77,7 @@ __all__ = [
     "RateLimited",
     "RejectedError",
     "RetryableError",
+    "ServiceRefused",
     "TaskNotFound",
     "UrlExpired",
     "VideoRequest",

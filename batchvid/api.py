@@ -40,16 +40,20 @@ from .errors import (
     RateLimited,
     RejectedError,
     RetryableError,
+    ServiceRefused,
     TaskNotFound,
 )
 
 __all__ = [
+    "AMBIGUOUS_CREATE_STATUSES",
     "FAILURE_KEYS",
+    "SERVICE_REFUSAL_STATUSES",
     "FilePart",
     "RetryPolicy",
     "Task",
     "TaskStatus",
     "backoff_hint",
+    "create_error",
     "encode_multipart",
     "error_from_transport",
     "failure_reason",
@@ -379,6 +383,38 @@ _NEVER_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeou
 def never_sent(exc: BaseException) -> bool:
     """True when the request provably never reached the server."""
     return isinstance(exc, _NEVER_SENT)
+
+
+#: Answers to a create that can come *after* the task was made: a gateway that gave
+#: up waiting on the service behind it (which may have created, and billed, the task).
+AMBIGUOUS_CREATE_STATUSES: Final = frozenset({504})
+#: Refusals of a create that say nothing about the job: the account (402, 403) or the
+#: endpoint (404, 405) is wrong, so every other job would be refused the same way.
+SERVICE_REFUSAL_STATUSES: Final = frozenset({402, 403, 404, 405})
+
+
+def create_error(error: ApiError) -> ApiError:
+    """The error an error answer to a *create* stands for.
+
+    A 504 is in doubt, never retried blindly (:data:`AMBIGUOUS_CREATE_STATUSES`);
+    402/403/404/405 and redirects are :class:`ServiceRefused`, not the job's
+    fault; every other answer means what :func:`parse_error` says.
+    """
+    status = error.status
+    if (
+        isinstance(error, RejectedError)
+        and status is not None
+        and (status in SERVICE_REFUSAL_STATUSES or 300 <= status < 400)
+    ):
+        return ServiceRefused(error.message, status=status, code=error.code)
+    if status in AMBIGUOUS_CREATE_STATUSES:
+        return InDoubtError(
+            f"the gateway timed out waiting for the service ({error.message or 'no detail'}); "
+            "a task may have been created",
+            status=error.status,
+            code=error.code,
+        )
+    return error
 
 
 def error_from_transport(exc: httpx.RequestError, *, idempotent: bool) -> ApiError:

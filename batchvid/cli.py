@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
-from .errors import AuthError, BatchvidError, Issue, ManifestError
+from .errors import AuthError, BatchvidError, Issue, ManifestError, ServiceRefused
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -66,6 +66,14 @@ class _Group(click.Group):
         except AuthError as exc:
             click.echo(f"error: the API refused the key ({exc}); check COMETAPI_KEY", err=True)
             ctx.exit(EXIT_AUTH)
+        except ServiceRefused as exc:
+            click.echo(
+                f"error: the API refused to create videos ({exc}). That is the endpoint or the "
+                "account, not a job: check --base-url / COMETAPI_BASE_URL and the account's "
+                "balance. No job was marked rejected; run again once it is fixed.",
+                err=True,
+            )
+            ctx.exit(EXIT_USAGE)
         except BatchvidError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_USAGE)

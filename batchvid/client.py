@@ -52,6 +52,7 @@ from .api import (
     Task,
     TaskStatus,
     backoff_hint,
+    create_error,
     encode_multipart,
     error_from_transport,
     parse_error,
@@ -234,9 +235,10 @@ class CometClient:
 
         ``before_send`` is called before each attempt leaves, after the rate
         limiter's grant (the ledger records the intent there).  Raises
-        RejectedError (400: the job is wrong), AuthError (401), RetryableError
-        (gave up; the request provably did no work) or InDoubtError (sent,
-        answer lost: a task may exist; never retried).
+        RejectedError (400: the job is wrong), AuthError (401), ServiceRefused
+        (402/403/404/405, a redirect: the account or base URL is wrong),
+        RetryableError (gave up; the request provably did no work) or
+        InDoubtError (sent, answer lost, or a 504: a task may exist; never retried).
         """
         files = await _reference_parts(request.references)
         content_type, body = encode_multipart(request.form_fields(), files)
@@ -479,6 +481,8 @@ class CometClient:
             self._rewarded()
             return response
         error = self._error_from(response)
+        if not idempotent:
+            error = create_error(error)
         log.debug("%s %s: %s", method, path, error)
         raise error
 

@@ -10,6 +10,7 @@
     │   ├── AuthError          401: the key is missing or refused; stop everything
     │   ├── RejectedError      400: the request is wrong; retrying cannot help
     │   │   └── TaskNotFound   400 task_not_exist: the task id is unknown upstream
+    │   ├── ServiceRefused     402/403/404/405/3xx on create: the endpoint or account is wrong
     │   ├── RetryableError     429, 5xx, connect errors: the request provably did no work
     │   │   └── RateLimited    429, with the server's Retry-After if it gave one
     │   └── InDoubtError       a create was sent but its answer was lost: a task may exist
@@ -38,6 +39,7 @@ __all__ = [
     "RateLimited",
     "RejectedError",
     "RetryableError",
+    "ServiceRefused",
     "TaskNotFound",
     "UrlExpired",
 ]
@@ -109,6 +111,14 @@ class AuthError(ApiError):
 
 class RejectedError(ApiError):
     """400: the API refused the request itself (a wrong field, a wrong model)."""
+
+
+class ServiceRefused(ApiError):
+    """A create refused for a reason that is not the job's own: every job would meet it.
+
+    402/403 (the account: balance, permissions), 404/405 or a redirect (the base
+    URL is wrong).  The run stops and the jobs stay pending: none is ``rejected``.
+    """
 
 
 class TaskNotFound(RejectedError):

@@ -46,6 +46,9 @@ DEFAULT_BURST: Final = 4
 DEFAULT_SLACK: Final = 0.25
 #: Multiplicative decrease of the effective rate on each 429.
 DECREASE: Final = 0.5
+#: Longest pause one 429 can impose, in windows (15 min for a per-minute limit): a
+#: Retry-After of a day is more likely a skewed clock; a real one is repeated.
+MAX_PAUSE_WINDOWS: Final = 15
 
 
 def refill(tokens: float, elapsed: float, rate: float, window: float, burst: float) -> float:
@@ -114,6 +117,7 @@ class RateState:
         self.min_rate = min(rate, min_rate or rate / 10) if rate is not None else 0.0
         self.recovery_step = (recovery_step or rate / 50) if rate is not None else 0.0
         self.default_backoff = window / 12 if default_backoff is None else default_backoff
+        self.max_pause = window * MAX_PAUSE_WINDOWS
         self.effective_rate = rate
         self.tokens = float(self.burst)
         self.refilled_at = now
@@ -158,11 +162,14 @@ class RateState:
     def penalise(self, now: float, retry_after: float | None = None) -> None:
         """A 429: pause all grants for ``retry_after`` (or the default backoff); slow down.
 
+        The pause is capped at :data:`MAX_PAUSE_WINDOWS` windows.
+
         429s that arrive during a pause answer requests granted before it: they
         extend the pause but do not cut the rate again (one cut per congestion event).
         """
         self.penalties += 1
         wait = self.default_backoff if retry_after is None else max(0.0, retry_after)
+        wait = min(wait, self.max_pause)
         already_paused = now < self.paused_until
         self.paused_until = max(self.paused_until, now + wait)
         if self.effective_rate is None or already_paused:

@@ -41,6 +41,7 @@ from .errors import (
     InDoubtError,
     RejectedError,
     RetryableError,
+    ServiceRefused,
     TaskNotFound,
 )
 from .ledger import Ledger
@@ -63,6 +64,9 @@ S = JobState
 TERMINAL: Final = frozenset({S.DOWNLOADED, S.FAILED, S.REJECTED, S.STALLED, S.IN_DOUBT})
 #: Longest the dispatcher sleeps before looking at the ledger again (scaled).
 MAX_IDLE_S: Final = 5.0
+#: Longest a server's Retry-After holds back submissions (a longer one is more likely a
+#: skewed clock than a real request; the next 429 says so again if it is real).
+MAX_SUBMIT_PAUSE_S: Final = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +164,8 @@ class Runner:
         self._unsent_claims = 0
         self._unsent_cost = 0.0
         self._stopping = False
-        self._auth_error: AuthError | None = None
+        #: Why the run must stop for every job (401, or the service refusing creates).
+        self._fatal: AuthError | ServiceRefused | None = None
         self._budget_blocked = False
         self._download_tries: dict[int, int] = {}
         self._download_after: dict[int, float] = {}
@@ -201,7 +206,9 @@ class Runner:
     async def run(self) -> RunReport:
         """Drive the batch until every job is terminal for this run, or a stop.
 
-        Raises AuthError at once on a 401 (nothing is marked failed for it).
+        Raises AuthError at once on a 401, ServiceRefused when the API refuses
+        creates for reasons not the job's (403, 404...); nothing is marked failed
+        or rejected for either, and the jobs concerned stay pending.
         """
         recovered = self.ledger.recover_interrupted(self.batch)
         if recovered:
@@ -217,8 +224,8 @@ class Runner:
                     self._wake = anyio.Event()
                     await self._wake.wait()
             tg.cancel_scope.cancel()
-        if self._auth_error is not None:
-            raise self._auth_error
+        if self._fatal is not None:
+            raise self._fatal
         return RunReport(
             batch=self.batch,
             counts={str(s): n for s, n in self.ledger.counts(self.batch).items()},
@@ -256,7 +263,7 @@ class Runner:
         return (
             self.options.submit
             and not self._budget_blocked
-            and self._auth_error is None
+            and self._fatal is None
             and now >= self._submit_pause_until
         )
 
@@ -343,8 +350,8 @@ class Runner:
     ) -> None:
         try:
             await work(job)
-        except AuthError as exc:
-            self._auth_error = self._auth_error or exc
+        except (AuthError, ServiceRefused) as exc:
+            self._fatal = self._fatal or exc
             self._stopping = True
         except Exception as exc:  # a bug, or the ledger changed under us (a `retry` meanwhile)
             # One job's surprise must not end an overnight batch, nor repeat in a
@@ -374,7 +381,7 @@ class Runner:
         return workable - len(self._quarantined) <= 0
 
     def _may_submit_ever(self) -> bool:
-        return self.options.submit and not self._budget_blocked and self._auth_error is None
+        return self.options.submit and not self._budget_blocked and self._fatal is None
 
     def _idle_for(self, now: float) -> float:
         wake = now + self.options.scaled(MAX_IDLE_S)
@@ -402,9 +409,10 @@ class Runner:
 
         try:
             task = await self.client.create(job.to_request(), before_send=committing_intent)
-        except AuthError:
+        except (AuthError, ServiceRefused) as exc:
+            # Answered, so no task was made: the job goes back to pending, unblamed.
             if sent:
-                self.ledger.release_unsent(job.id, "401: the API key was refused")
+                self.ledger.release_unsent(job.id, f"the API refused the create ({exc})")
                 self._look_for_pending = True
             else:
                 self._release_claim(job)
@@ -421,7 +429,7 @@ class Runner:
                 self._look_for_pending = True
             else:
                 self._release_claim(job)
-            self._submit_setback()
+            self._submit_setback(exc.retry_after)
         except (ApiError, OSError) as exc:  # e.g. a reference image vanished before sending
             if sent:
                 self.ledger.record_in_doubt(job.id, f"create failed unexpectedly: {exc}")
@@ -453,11 +461,18 @@ class Runner:
         if still_pending:
             self._look_for_pending = True
 
-    def _submit_setback(self) -> None:
-        """Creates keep failing before reaching the API: back off all submissions."""
+    def _submit_setback(self, retry_after: float | None = None) -> None:
+        """Creates keep failing before reaching the API: back off all submissions.
+
+        The pause doubles with each setback in a row (up to 5 min), and is at
+        least the server's ``Retry-After`` when it gave one (up to an hour).
+        """
         self._submit_setbacks += 1
-        pause = min(300.0, 2.0 ** min(self._submit_setbacks, 9))
-        self._submit_pause_until = self._clock() + self.options.scaled(pause)
+        pause = self.options.scaled(min(300.0, 2.0 ** min(self._submit_setbacks, 9)))
+        if retry_after is not None:
+            pause = max(pause, min(retry_after, self.options.scaled(MAX_SUBMIT_PAUSE_S)))
+        until = self._clock() + pause
+        self._submit_pause_until = max(self._submit_pause_until, until)
 
     def _render_history(self, job: JobRow) -> float | None:
         combo = (job.model, job.seconds, job.resolution)

@@ -305,3 +305,23 @@ def test_status_lists_the_first_failures_of_each_state_and_counts_the_rest(
     assert listed[0].endswith("flagged #0") and listed[-1].endswith("flagged #19")
     assert "... and 5 more failed" in result.stdout
     assert "many: 30 jobs  pending 5  failed 25" in result.stdout
+
+
+def test_a_wrong_base_url_stops_the_run_and_rejects_no_job(
+    tmp_path: Path, external_sim: Simulator
+) -> None:
+    """404 on create is the endpoint's fault, not the job's: exit 2, every job still pending."""
+    ledger = tmp_path / "l.db"
+    env = {**sim_env(external_sim, ledger), "COMETAPI_BASE_URL": external_sim.base_url + "/nope"}
+    result = batchvid(*run_args(manifest(tmp_path)), env=env)
+    assert result.returncode == 2, result.stderr
+    assert "COMETAPI_BASE_URL" in result.stderr and "Traceback" not in result.stderr
+    assert "No job was marked rejected" in result.stderr
+    with Ledger(ledger) as store:
+        states = store.status("crash")["states"]
+    assert states["pending"] == 30 and states["rejected"] == 0, states
+    assert external_sim.stats()["creates"] == 0
+    # Fixed, the same command finishes the batch.
+    assert (
+        batchvid(*run_args(manifest(tmp_path)), env=sim_env(external_sim, ledger)).returncode == 0
+    )

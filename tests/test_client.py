@@ -18,12 +18,14 @@ from batchvid.api import Task, TaskStatus
 from batchvid.client import CometClient
 from batchvid.download import TransferInterrupted, part_path
 from batchvid.errors import (
+    ApiError,
     AuthError,
     DownloadError,
     InDoubtError,
     RateLimited,
     RejectedError,
     RetryableError,
+    ServiceRefused,
     TaskNotFound,
     UrlExpired,
 )
@@ -816,12 +818,13 @@ async def test_5xx_pages_of_any_shape_are_retried_then_reported_readably(body: b
     assert "<" not in caught.value.message
 
 
-async def test_an_api_redirect_on_create_is_rejected_not_followed() -> None:
+async def test_an_api_redirect_on_create_is_refused_not_followed() -> None:
+    """A redirect says the base URL is wrong: a ServiceRefused (stop the run), not followed."""
     recorder = Recorder(
         lambda r: httpx.Response(307, headers={"Location": "https://other.example/v1/videos"})
     )
     async with mock_client(recorder) as client:
-        with pytest.raises(RejectedError, match=r"redirect to https://other\.example"):
+        with pytest.raises(ServiceRefused, match=r"redirect to https://other\.example"):
             await client.create(VideoRequest(prompt="x", model=FAST))
     assert [str(r.url) for r in recorder.requests] == ["https://api.example/v1/videos"]
 
@@ -1260,3 +1263,28 @@ async def test_an_unusable_bare_url_is_a_download_error_without_any_request(
         with pytest.raises(DownloadError, match="no usable download URL"):
             await client.download("https://cdn.example/a b.mp4", tmp_path / "v.mp4")
     assert recorder.requests == []
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(504, InDoubtError), (403, ServiceRefused), (404, ServiceRefused), (405, ServiceRefused),
+     (402, ServiceRefused), (302, ServiceRefused), (400, RejectedError), (422, RejectedError),
+     (503, RetryableError)],
+)  # fmt: skip
+async def test_create_answers_are_classified_by_whose_fault_they_are(
+    status: int, expected: type[Exception]
+) -> None:
+    """504 may come after the task was made (in doubt, sent once); 403/404/... are the
+    endpoint's or account's fault (ServiceRefused); 400/422 are the job's; 503 did no work."""
+    recorder = Recorder(lambda request: httpx.Response(status, json={"code": "x", "message": "m"}))
+    async with mock_client(recorder, max_attempts=3) as client:
+        with pytest.raises(expected) as caught:
+            await client.create(VideoRequest(prompt="x", model=FAST))
+    assert type(caught.value) is expected
+    sent = len(recorder.requests)
+    assert sent == (3 if expected is RetryableError else 1), sent
+    # A GET is never in doubt, and a refused poll is not a service refusal.
+    async with mock_client(recorder, max_attempts=1) as client:
+        with pytest.raises(ApiError) as polled:
+            await client.retrieve("task_1")
+    assert not isinstance(polled.value, InDoubtError | ServiceRefused)

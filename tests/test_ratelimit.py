@@ -262,3 +262,10 @@ async def test_unlimited_acquires_at_once() -> None:
             await limiter.acquire()
     assert limiter.stats.grants == 500
     assert limiter.stats.configured_rate is None
+
+
+def test_a_huge_retry_after_pauses_at_most_fifteen_windows() -> None:
+    """Retry-After: 86400 (a skewed clock, say) must not stop every request for a day."""
+    state = RateState(60, window=60.0, now=0.0)
+    state.penalise(10.0, retry_after=86_400.0)
+    assert state.ready_at(10.0) == 10.0 + 15 * 60.0

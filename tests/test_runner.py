@@ -160,14 +160,16 @@ async def test_faults_end_in_the_right_states_and_nothing_is_paid_twice(tmp_path
         p_drop_after_create=0.1,
         p_truncate=0.3,
         p_cdn_error=0.1,
-        url_ttl=0.05,
+        url_ttl=0.5,  # real seconds; expiries are injected below, not raced for
         fail_rate=0.1,
         error_rate=0.05,
     )
     plan = load_plan(matrix_manifest(tmp_path))
     async with serve_simulator(config) as sim:
+        sim.inject(expire=6)  # six downloads meet an expired URL and must refresh it
         report, _ = await run_once(tmp_path, sim, plan)
         stats = sim.stats()
+        assert not stats["pending_faults"].get("expire"), stats["pending_faults"]  # all met
         jobs = ledger_jobs(tmp_path)
         states = {j.state for j in jobs}
         assert states <= {"downloaded", "failed", "in_doubt"}, states
