@@ -122,6 +122,8 @@ class RunReport:
     submitted: bool = True
     finished_this_run: int = 0
     failures: list[str] = field(default_factory=list)
+    #: How often the dispatcher looked for work: about a few per job, never a spin.
+    dispatch_rounds: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -180,6 +182,8 @@ class Runner:
         self._started = clock()
         self._finished_this_run = 0
         self._failures: deque[str] = deque(maxlen=8)
+        #: Times the dispatcher looked for work (a spinning dispatcher shows here).
+        self._rounds = 0
 
     # -- control ---------------------------------------------------------------
 
@@ -238,6 +242,7 @@ class Runner:
             submitted=self.options.submit,
             finished_this_run=self._finished_this_run,
             failures=list(self._failures),
+            dispatch_rounds=self._rounds,
         )
 
     # -- the dispatcher --------------------------------------------------------
@@ -246,6 +251,7 @@ class Runner:
         while not self._stopping:
             # A fresh event before looking: a worker finishing while we wait sets it.
             self._wake = anyio.Event()
+            self._rounds += 1
             now = self._clock()
             free = self.options.concurrency - len(self._busy)
             if free > 0 and self.options.download:
@@ -384,15 +390,24 @@ class Runner:
         return self.options.submit and not self._budget_blocked and self._fatal is None
 
     def _idle_for(self, now: float) -> float:
+        """How long the dispatcher sleeps, unless a finishing worker wakes it first.
+
+        Only times still ahead count.  Work already due that was not started is
+        waiting for a free slot, or is in flight (a poll whose answer is not in
+        yet): a worker finishing sets the wake event for both.  Counting such
+        past times would make the dispatcher spin, re-querying the ledger,
+        for as long as every slot stays busy.
+        """
         wake = now + self.options.scaled(MAX_IDLE_S)
         next_poll = self.ledger.next_poll_time(self.batch)
-        if next_poll is not None:
+        if next_poll is not None and next_poll > now:
             wake = min(wake, next_poll)
-        if self._download_after:
-            wake = min(wake, min(self._download_after.values()))
+        retries = [at for at in self._download_after.values() if at > now]
+        if retries:
+            wake = min(wake, min(retries))
         if self._submit_pause_until > now:
             wake = min(wake, self._submit_pause_until)
-        return max(0.0, wake - now)
+        return wake - now
 
     # -- workers ---------------------------------------------------------------
 
@@ -569,9 +584,12 @@ class Runner:
             self._download_tries[job.id] = tries
             self.ledger.record_download_error(job.id, str(exc))
             backoff = min(120.0, 2.0 * 2**tries) * self._rng.uniform(0.8, 1.2)
-            self._download_after[job.id] = self._clock() + self.options.scaled(backoff)
             if tries >= self.options.download_attempts:
+                # Left completed for the next run; nothing more to schedule in this one.
+                self._download_after.pop(job.id, None)
                 self._note_failure(job, f"download failed {tries} times: {exc}")
+            else:
+                self._download_after[job.id] = self._clock() + self.options.scaled(backoff)
         else:
             self._download_after.pop(job.id, None)
             self.ledger.record_downloaded(job.id, str(result.path), result.size, result.sha256)

@@ -299,3 +299,16 @@ async def test_an_unexpected_error_sidelines_one_job_not_the_batch(
     monkeypatch.setattr(Runner, "_download", real)
     again, _ = await run_once(tmp_path, sim, load_plan(matrix_manifest(tmp_path, prompts=1)))
     assert again.exit_code == 0 and again.counts["downloaded"] == 10
+
+
+async def test_the_dispatcher_sleeps_while_every_slot_is_busy(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Due work that waits for a slot (or a poll already in flight) must not make the
+    dispatcher spin: it looks for work a few times per job, not thousands."""
+    options = replace(OPTIONS, concurrency=1, rate_per_minute=600, time_scale=SCALE)
+    plan = load_plan(matrix_manifest(tmp_path, prompts=2))
+    report, _ = await run_once(tmp_path, sim, plan, options)
+    assert report.exit_code == 0
+    jobs = len(plan.jobs)
+    assert report.dispatch_rounds <= 12 * jobs, (report.dispatch_rounds, jobs)
