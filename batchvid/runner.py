@@ -4,9 +4,14 @@ One dispatcher loop hands out work in priority order, within one shared cap on
 requests in flight (``concurrency``):
 
 1. **downloads** of completed videos, soonest-expiring URL first;
-2. **polls** of tasks whose ``next_poll_at`` is due;
-3. **submissions** of pending jobs, while fewer than ``max_active`` tasks are
-   live upstream and the budget allows.
+2. **submissions** of pending jobs, up to a quarter of the slots, while fewer
+   than ``max_active`` tasks are live upstream and the budget allows;
+3. **polls** of tasks whose ``next_poll_at`` is due;
+4. more **submissions** in whatever slots are left.
+
+Polls due by the thousand (renders far longer than the docs' 1-3 minutes, a
+tight rate limit) would otherwise take every slot and leave render capacity
+upstream idle while jobs wait to be sent.
 
 Every API request also passes the one shared rate limiter (inside the client).
 A job's ``submitting`` intent is committed only once the limiter has granted
@@ -256,14 +261,30 @@ class Runner:
             free = self.options.concurrency - len(self._busy)
             if free > 0 and self.options.download:
                 free -= self._start_downloads(tg, free, now)
+            may_submit = self._may_submit(now)
+            if free > 0 and may_submit:
+                # Submissions' share first, so that polls due by the thousand (long
+                # renders, a tight rate) cannot leave the render slots upstream idle.
+                free -= self._start_submits(tg, min(free, self._submit_share()))
             if free > 0:
                 free -= self._start_polls(tg, free, now)
-            if free > 0 and self._may_submit(now):
+            if free > 0 and may_submit:
                 free -= self._start_submits(tg, free)
             if not self._busy and self._nothing_left(now):
                 return
             with anyio.move_on_after(self._idle_for(now)):
                 await self._wake.wait()
+
+    def _submit_share(self) -> int:
+        """Free slots offered to submissions before polls: a quarter of ``concurrency``.
+
+        At least one; none at concurrency 1, where polls simply come first.
+        Slots already submitting count towards the share.
+        """
+        if self.options.concurrency < 2:
+            return 0
+        share = max(1, self.options.concurrency // 4)
+        return max(0, share - self._busy_kind["submit"])
 
     def _may_submit(self, now: float) -> bool:
         return (

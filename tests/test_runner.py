@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -312,3 +313,23 @@ async def test_the_dispatcher_sleeps_while_every_slot_is_busy(
     assert report.exit_code == 0
     jobs = len(plan.jobs)
     assert report.dispatch_rounds <= 12 * jobs, (report.dispatch_rounds, jobs)
+
+
+async def test_polls_due_by_the_dozen_leave_submissions_their_share(tmp_path: Path) -> None:
+    """Renders far longer than the first poll, polls due all the time: every job is still
+    sent before the first render finishes (polls may not take every slot)."""
+    config = SimConfig(time_scale=0.1, seed=3)  # renders of 3.5-5.6 s
+    options = replace(OPTIONS, concurrency=4, poll_interval=1, time_scale=SCALE)
+    plan = load_plan(matrix_manifest(tmp_path, prompts=2))
+    async with serve_simulator(config) as sim:
+        report, _ = await run_once(tmp_path, sim, plan, options)
+    assert report.exit_code == 0
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        last_sent = conn.execute(
+            "SELECT max(id) FROM events WHERE to_state = 'submitting'"
+        ).fetchone()[0]
+        first_done = conn.execute(
+            "SELECT min(id) FROM events WHERE to_state = 'completed'"
+        ).fetchone()[0]
+    conn.close()
+    assert last_sent < first_done, (last_sent, first_done)
