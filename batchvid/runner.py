@@ -261,14 +261,13 @@ class Runner:
             free = self.options.concurrency - len(self._busy)
             if free > 0 and self.options.download:
                 free -= self._start_downloads(tg, free, now)
-            may_submit = self._may_submit(now)
-            if free > 0 and may_submit:
+            if free > 0 and self._may_submit(now):
                 # Submissions' share first, so that polls due by the thousand (long
                 # renders, a tight rate) cannot leave the render slots upstream idle.
                 free -= self._start_submits(tg, min(free, self._submit_share()))
             if free > 0:
                 free -= self._start_polls(tg, free, now)
-            if free > 0 and may_submit:
+            if free > 0 and self._may_submit(now):  # asked again: the budget may be spent
                 free -= self._start_submits(tg, free)
             if not self._busy and self._nothing_left(now):
                 return

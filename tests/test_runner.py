@@ -229,6 +229,7 @@ async def test_budget_stops_submissions(tmp_path: Path, sim: Simulator) -> None:
     assert report.budget_blocked and report.exit_code == 1
     assert sim.stats()["creates"] == 9
     assert report.counts["pending"] == 1 and report.counts["downloaded"] == 9
+    assert sum("budget" in f for f in report.failures) == 1, report.failures  # said once
 
 
 async def test_jobs_that_left_the_manifest_are_dropped_only_if_never_sent(
