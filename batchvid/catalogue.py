@@ -17,9 +17,11 @@ __all__ = [
     "API_DEFAULTS",
     "API_FIELDS",
     "MODELS",
+    "POLL_EVERY_S",
     "RATIOS",
     "RESOLUTIONS",
     "SIZE_PATTERN",
+    "TYPICAL_RENDER_S",
     "ModelSpec",
     "documented_sizes",
     "get_model",
@@ -37,6 +39,10 @@ SIZE_PATTERN: Final = re.compile(r"^(16:9|4:3|1:1|3:4|9:16|21:9|[1-9]\d{2,3}x[1-
 #: The create fields, and the values the API uses when a field is omitted.
 API_DEFAULTS: Final = MappingProxyType({"seconds": 5, "size": "16:9", "resolution": "720p"})
 API_FIELDS: Final = ("prompt", "model", "seconds", "size", "resolution", "input_reference")
+#: The docs' suggested cadence for polling one task, in seconds ("every 10-20 s").
+POLL_EVERY_S: Final = (10.0, 20.0)
+#: The docs: "most jobs finish in 1-3 minutes, depending on model, duration and resolution".
+TYPICAL_RENDER_S: Final = (60.0, 180.0)
 #: The docs' global bound on ``seconds`` (each model narrows it).
 GLOBAL_SECONDS: Final = (2, 15)
 

@@ -37,6 +37,7 @@ from .ledger import DEFAULT_LEDGER, Ledger
 from .manifest import Limits
 from .plan import batch_name_of, load_plan
 from .runner import Runner, RunOptions, RunReport, Snapshot
+from .text import span
 
 __all__ = ["run"]
 
@@ -73,9 +74,10 @@ __all__ = ["run"]
 )
 @click.option(
     "--poll-interval",
-    type=click.FloatRange(min=1),
+    type=click.FloatRange(min=10),
     metavar="SECONDS",
-    help="Spacing of a task's polls after the first [manifest limits; default 10].",
+    help="The least time between two polls of one task; at least 10, as the docs "
+    "suggest [manifest limits; default 10]. When to poll is learned from render times.",
 )
 @click.option(
     "--no-download", is_flag=True, help="Stop at 'completed': do not download the videos."
@@ -293,21 +295,13 @@ def _rate_eta(snap: Snapshot) -> str:
     if done and snap.elapsed_s > 0 and remaining:
         per_min = done / snap.elapsed_s * 60
         eta = remaining / (done / snap.elapsed_s)
-        text += f" ({per_min:.1f}/min, about {_duration(eta)} left)"
+        text += f" ({per_min:.1f}/min, about {span(eta)} left)"
     return text
 
 
 def _progress_line(snap: Snapshot) -> str:
     counts = " ".join(f"{s}={snap.counts[s]}" for s in _ORDER if snap.counts.get(s))
     return f"[{time.strftime('%H:%M:%S')}] {snap.batch}: {counts}; {_rate_eta(snap)}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _print_issues(issues: Sequence[Any]) -> None:
@@ -319,7 +313,7 @@ def _print_summary(report: RunReport, ledger_path: Path) -> None:
     counts = " ".join(f"{s}={report.counts[s]}" for s in _ORDER if report.counts.get(s))
     total = sum(report.counts.values())
     head = "interrupted" if report.interrupted else "finished"
-    took = _duration(report.elapsed_s)
+    took = span(report.elapsed_s)
     click.echo(f"\n{report.batch}: {head} in {took}: {_count(total, 'job')}: {counts}")
     downloaded = report.counts.get("downloaded", 0)
     if downloaded:

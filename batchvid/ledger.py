@@ -38,6 +38,7 @@ from .errors import IllegalTransition, LedgerError
 from .ledger_queries import LedgerQueries
 from .ledger_rows import BatchRow, JobInput, axes_json, references_json, utc_iso
 from .ledger_schema import migrations, open_connection, open_read_only
+from .render_times import RenderSample
 from .states import POLLING_STATES, JobState, check_transition, poll_state, remote_state
 
 __all__ = ["DEFAULT_LEDGER", "Ledger", "migrations", "open_ledger", "utc_iso"]
@@ -53,7 +54,9 @@ _NEW_ATTEMPT: Final = """task_id = NULL, remote_status = NULL, progress = NULL, 
     next_poll_at = NULL, watch_started_at = NULL, video_url = NULL,
     video_url_expires_at = NULL, error_code = NULL, error_message = NULL,
     download_errors = 0, submitted_utc = NULL, queued_utc = NULL, started_utc = NULL,
-    completed_utc = NULL, finished_utc = NULL"""
+    completed_utc = NULL, finished_utc = NULL, sent_at = NULL, answered_at = NULL,
+    last_running_at = NULL, server_created_at = NULL, server_completed_at = NULL,
+    render_lo_s = NULL, render_hi_s = NULL"""
 
 
 class Ledger(LedgerQueries):
@@ -334,7 +337,8 @@ class Ledger(LedgerQueries):
         ids = list(dict.fromkeys(job_ids))
         if not ids:
             return
-        now = utc_iso(self._clock())
+        now_at = self._clock()
+        now = utc_iso(now_at)
         # Durable: the intent must be on disk before the create can leave.
         with self._write(durable=True) as conn:
             found = {
@@ -350,9 +354,10 @@ class Ledger(LedgerQueries):
             updated = conn.executemany(
                 """UPDATE jobs SET state = 'submitting', attempts = attempts + 1,
                     billable_attempts = billable_attempts + 1, submitted_utc = :now,
-                    error_code = NULL, error_message = NULL, updated_utc = :now
+                    sent_at = :now_at, error_code = NULL, error_message = NULL,
+                    updated_utc = :now
                 WHERE id = :id AND state = 'pending'""",
-                [{"id": i, "now": now} for i in ids],
+                [{"id": i, "now": now, "now_at": now_at} for i in ids],
             ).rowcount
             if updated != len(ids):  # cannot happen while we hold the write lock
                 raise IllegalTransition("jobs changed under us during submit")
@@ -364,9 +369,18 @@ class Ledger(LedgerQueries):
             )
 
     def record_submitted(
-        self, job_id: int, task_id: str, remote_status: str | None, next_poll_at: float
+        self,
+        job_id: int,
+        task_id: str,
+        remote_status: str | None,
+        next_poll_at: float,
+        *,
+        server_created_at: float | None = None,
     ) -> JobState:
-        """submitting -> queued (or in_progress, if the server says so): the task exists."""
+        """submitting -> queued (or in_progress, if the server says so): the task exists.
+
+        ``server_created_at``: the task's ``created_at`` as the server sent it.
+        """
         if not task_id:
             raise ValueError("task_id must not be empty")
         started = remote_state(remote_status) is S.IN_PROGRESS
@@ -377,14 +391,20 @@ class Ledger(LedgerQueries):
             S.IN_PROGRESS if started else S.QUEUED,
             """task_id = :task_id, remote_status = :remote_status, progress = 0,
                next_poll_at = :next_poll_at, watch_started_at = :now_at, queued_utc = :now,
+               answered_at = :now_at, server_created_at = :server_created_at,
                started_utc = CASE WHEN :started THEN :now END""",
             {
                 "task_id": task_id,
                 "remote_status": remote_status,
                 "next_poll_at": next_poll_at,
                 "started": started,
+                "server_created_at": server_created_at,
             },
-            {"task_id": task_id, "remote_status": remote_status},
+            {
+                "task_id": task_id,
+                "remote_status": remote_status,
+                "first_poll_in_s": round(next_poll_at - self._clock(), 3),
+            },
             durable=True,  # a paid task's id must survive a power cut
         )
 
@@ -429,12 +449,20 @@ class Ledger(LedgerQueries):
     # -- transitions: polling and downloading -------------------------------------
 
     def record_poll(
-        self, job_id: int, remote_status: str | None, progress: int | None, next_poll_at: float
+        self,
+        job_id: int,
+        remote_status: str | None,
+        progress: int | None,
+        next_poll_at: float,
+        *,
+        seen_running: bool = True,
     ) -> JobState:
         """A non-terminal poll answer: queued -> in_progress, or an update in place.
 
         Counts the poll and schedules the next; an event is written only when
-        the state changes.  Returns the job's state.
+        the state changes.  ``seen_running``: the answer showed the task not
+        done (``False`` for a poll that got no usable answer, only a new time).
+        Returns the job's state.
         """
         return self._move(
             job_id,
@@ -443,8 +471,14 @@ class Ledger(LedgerQueries):
             lambda current: poll_state(current, remote_status),
             """remote_status = :remote_status, progress = coalesce(:progress, progress),
                polls = polls + 1, next_poll_at = :next_poll_at,
+               last_running_at = CASE WHEN :seen THEN :now_at ELSE last_running_at END,
                started_utc = coalesce(started_utc, CASE WHEN :dst = 'in_progress' THEN :now END)""",
-            {"remote_status": remote_status, "progress": progress, "next_poll_at": next_poll_at},
+            {
+                "remote_status": remote_status,
+                "progress": progress,
+                "next_poll_at": next_poll_at,
+                "seen": seen_running,
+            },
         )
 
     def record_completed(
@@ -454,8 +488,17 @@ class Ledger(LedgerQueries):
         expires_at: float | None,
         *,
         remote_status: str | None = None,
+        server_created_at: float | None = None,
+        server_completed_at: float | None = None,
+        render: RenderSample | None = None,
+        render_s: float | None = None,
     ) -> None:
-        """queued/in_progress -> completed: rendered upstream; ``video_url`` to fetch."""
+        """queued/in_progress -> completed: rendered upstream; ``video_url`` to fetch.
+
+        ``render``: what the task proved about its render time (see
+        :func:`batchvid.render_times.observe`), kept for later runs to learn from;
+        ``render_s``: the best estimate within it, for reports.
+        """
         self._move(
             job_id,
             "complete",
@@ -463,8 +506,20 @@ class Ledger(LedgerQueries):
             S.COMPLETED,
             """video_url = :url, video_url_expires_at = :expires_at, progress = 100,
                remote_status = coalesce(:remote_status, remote_status), polls = polls + 1,
-               next_poll_at = NULL, completed_utc = :now""",
-            {"url": video_url, "expires_at": expires_at, "remote_status": remote_status},
+               next_poll_at = NULL, completed_utc = :now,
+               server_created_at = coalesce(:server_created_at, server_created_at),
+               server_completed_at = :server_completed_at, render_lo_s = :lo, render_hi_s = :hi,
+               render_s = coalesce(:render_s, (:lo + :hi) / 2)""",
+            {
+                "url": video_url,
+                "expires_at": expires_at,
+                "remote_status": remote_status,
+                "server_created_at": server_created_at,
+                "server_completed_at": server_completed_at,
+                "lo": render.lo if render else None,
+                "hi": render.hi if render else None,
+                "render_s": render_s,
+            },
         )
 
     def record_failed(
@@ -488,14 +543,22 @@ class Ledger(LedgerQueries):
             {"code": code, "message": message},
         )
 
-    def record_stalled(self, job_id: int) -> None:
-        """queued/in_progress -> stalled: still not done after ``max_wait``; polling stops."""
+    def record_stalled(
+        self, job_id: int, reason: str = "still not finished after max_wait"
+    ) -> None:
+        """queued/in_progress -> stalled: given up on for this run (``reason`` is kept).
+
+        The poll that found it still running counts; polling stops.
+        """
         self._move(
             job_id,
             "stall",
             POLLING_STATES,
             S.STALLED,
-            "next_poll_at = NULL, finished_utc = :now",
+            """next_poll_at = NULL, finished_utc = :now, polls = polls + 1,
+               error_code = 'stalled', error_message = :reason""",
+            {"reason": reason},
+            {"reason": reason},
         )
 
     def refresh_url(self, job_id: int, video_url: str, expires_at: float | None) -> None:
@@ -570,7 +633,8 @@ class Ledger(LedgerQueries):
             batch,
             S.STALLED,
             "CASE WHEN started_utc IS NULL THEN 'queued' ELSE 'in_progress' END",
-            "next_poll_at = :now_at, watch_started_at = :now_at, finished_utc = NULL",
+            """next_poll_at = :now_at, watch_started_at = :now_at, finished_utc = NULL,
+               error_code = NULL, error_message = NULL""",
             "json_object('task_id', task_id)",
         )
 

@@ -14,12 +14,13 @@ from typing import Any, Final
 
 from .errors import LedgerError
 from .ledger_rows import JOB_COLUMNS, BatchRow, Event, JobRow
+from .render_times import RenderSample
 from .states import ACTIVE_STATES, POLLING_STATES, TASK_STATES, JobState, chain_problem
 
-__all__ = ["HISTORY_SAMPLES", "LedgerQueries"]
+__all__ = ["RENDER_SAMPLES", "LedgerQueries"]
 
-#: How many recent completions ``render_seconds_history`` looks at.
-HISTORY_SAMPLES: Final = 200
+#: How many recent completions of one kind ``render_samples`` returns.
+RENDER_SAMPLES: Final = 64
 _PAGE: Final = 1000
 
 
@@ -200,25 +201,24 @@ class LedgerQueries:
         )
         return float(rows[0][0])
 
-    def render_seconds_history(self, model: str, seconds: int, resolution: str) -> float | None:
-        """Median seconds from task created to completion seen, over recent completions.
+    def render_samples(
+        self, model: str, seconds: int, resolution: str, limit: int = RENDER_SAMPLES
+    ) -> list[RenderSample]:
+        """The render-time evidence of the latest ``limit`` completions of one kind, oldest first.
 
-        From the whole ledger (every batch), the last ``HISTORY_SAMPLES``; ``None``
-        before any.
+        From the whole ledger (every batch): what finished tasks proved about
+        their render time (see :func:`batchvid.render_times.observe`).
         """
         rows = self._rows(
-            """SELECT (julianday(completed_utc) - julianday(queued_utc)) * 86400.0 FROM jobs
-            WHERE model = ? AND seconds = ? AND resolution = ?
-                AND completed_utc IS NOT NULL AND queued_utc IS NOT NULL
+            """SELECT render_lo_s, render_hi_s,
+                coalesce(server_completed_at > server_created_at, 0) FROM jobs
+            INDEXED BY jobs_render_samples
+            WHERE model = ? AND seconds = ? AND resolution = ? AND render_hi_s IS NOT NULL
             ORDER BY completed_utc DESC LIMIT ?""",
-            (model, seconds, resolution, HISTORY_SAMPLES),
+            (model, seconds, resolution, limit),
+            tuples=True,
         )
-        samples = [max(0.0, float(r[0])) for r in rows]
-        if not samples:
-            return None
-        import statistics  # not at the top: status and report rarely need it
-
-        return statistics.median(samples)
+        return [RenderSample(lo, hi, bool(stamped)) for lo, hi, stamped in reversed(rows)]
 
     def verify(self) -> list[str]:
         """Everything wrong with the file: SQLite integrity, and every job against its events.

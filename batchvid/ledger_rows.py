@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, NamedTuple, Protocol
@@ -100,6 +101,11 @@ class NewJob:
     axes: tuple[tuple[str, str], ...] = field(default=())
 
 
+def _epoch(utc: str) -> float:
+    """The ledger's ``..._utc`` text as unix seconds."""
+    return datetime.fromisoformat(utc).timestamp()
+
+
 def utc_iso(t: float) -> str:
     """Unix seconds as the ledger's ``..._utc`` text: ``2026-04-20T10:32:29.123Z``."""
     sec, ms = divmod(round(t * 1000), 1000)
@@ -169,6 +175,31 @@ class JobRow(NamedTuple):
     downloaded_utc: str | None
     finished_utc: str | None
     updated_utc: str
+    sent_at: float | None
+    answered_at: float | None
+    last_running_at: float | None
+    server_created_at: float | None
+    server_completed_at: float | None
+    render_lo_s: float | None
+    render_hi_s: float | None
+    render_s: float | None
+
+    @property
+    def render_seconds(self) -> float | None:
+        """Seconds the API took to render this job's task, or ``None`` before it finished.
+
+        The estimate recorded when the task was seen done, within what it proved
+        (the server's own timestamps, or the polls either side of its end: see
+        :func:`batchvid.render_times.observe`).  Rows from a ledger older than
+        that evidence: created to completion seen, which includes the poller's
+        own delay (an upper bound).
+        """
+        if self.render_s is not None:
+            return self.render_s
+        start = self.queued_utc or self.submitted_utc
+        if self.completed_utc is None or start is None:
+            return None
+        return max(0.0, _epoch(self.completed_utc) - _epoch(start))
 
     @classmethod
     def from_row(cls, row: sqlite3.Row | tuple[Any, ...]) -> JobRow:

@@ -152,6 +152,38 @@ def m003_download_queue(db: sqlite_utils.Database) -> None:
 _migration(m003_download_queue)
 
 
+def m004_render_evidence(db: sqlite_utils.Database) -> None:
+    """What each task proves about render times, so the poll schedule learns without drift.
+
+    Runner-clock unix seconds (``..._at``): ``sent_at`` (the create left),
+    ``answered_at`` (it answered with a task id), ``last_running_at`` (the last
+    poll that saw the task not done).  The server's own ``created_at`` and
+    ``completed_at`` as it sent them (``server_..._at``).  ``render_lo_s`` and
+    ``render_hi_s`` bound the render's duration, worked out when the task was
+    seen done; ``render_s`` is the best estimate within them.  The old history
+    index (seen done - queued) goes: that figure includes the poller's own delay.
+    """
+    for column in (
+        "sent_at",
+        "answered_at",
+        "last_running_at",
+        "server_created_at",
+        "server_completed_at",
+        "render_lo_s",
+        "render_hi_s",
+        "render_s",
+    ):
+        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} REAL")
+    db.execute("DROP INDEX IF EXISTS jobs_render_history")
+    db.execute(
+        """CREATE INDEX jobs_render_samples ON jobs (model, seconds, resolution, completed_utc)
+        WHERE render_hi_s IS NOT NULL"""
+    )
+
+
+_migration(m004_render_evidence)
+
+
 def open_connection(path: Path) -> sqlite3.Connection:
     """Open (creating folders and file if need be), configure and migrate a ledger file.
 

@@ -480,6 +480,14 @@ class _Parser:
                 )
             elif key in ("max_wait", "poll_interval"):
                 values[key] = self.duration(value, where)
+                floor = catalogue.POLL_EVERY_S[0]
+                if key == "poll_interval" and values[key] is not None and values[key] < floor:
+                    self.error(
+                        value,
+                        where,
+                        f"{values[key]:g} s is tighter than the docs' suggested "
+                        f"{floor:g}-{catalogue.POLL_EVERY_S[1]:g} s between polls of one task",
+                    )
             elif key == "rate_per_minute":
                 values[key] = self.number(value, where, strict=True)
             else:

@@ -12,9 +12,11 @@ Figures, and how they are counted:
 - *rendered*: ``completed`` or ``downloaded``; *settled*: rendered, ``failed``
   or ``rejected``; *success rate*: rendered / settled (``in_doubt`` and
   ``stalled`` jobs have no outcome yet, so they count in neither).
-- *render seconds*: ``completed_utc - queued_utc`` (``submitted_utc`` when the
-  task id came back late), the time the API took; p50/p95 by linear
-  interpolation between the closest ranks.
+- *render seconds*: :attr:`JobRow.render_seconds
+  <batchvid.ledger_rows.JobRow.render_seconds>`, from what the task proved about
+  its render time (the server's own timestamps, or the polls either side of its
+  end), never from when we happened to look; p50/p95 by linear interpolation
+  between the closest ranks.
 - *cost*: ``est_cost_usd * billable_attempts`` (see :mod:`batchvid.ledger`):
   every attempt that may have been billed, failed and in-doubt ones included.
   Only shown when the batch has ``pricing``.
@@ -33,7 +35,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final
 
 from .catalogue import API_FIELDS
@@ -65,7 +66,6 @@ __all__ = [
     "percentile",
     "plain",
     "rate",
-    "render_seconds",
     "secs",
     "state_summary",
     "template_axes",
@@ -121,18 +121,6 @@ _CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 # -- per-job figures ---------------------------------------------------------------
-
-
-def _epoch(utc: str) -> float:
-    return datetime.fromisoformat(utc).timestamp()
-
-
-def render_seconds(job: JobRow) -> float | None:
-    """Seconds the API took to render the job (task created to completion seen), or None."""
-    start = job.queued_utc or job.submitted_utc
-    if job.completed_utc is None or start is None:
-        return None
-    return max(0.0, _epoch(job.completed_utc) - _epoch(start))
 
 
 def job_cost(job: JobRow) -> float | None:
@@ -248,7 +236,7 @@ class ReportData:
     unpriced_jobs: int
     last_change_utc: str | None
     render_times: dict[int, float]
-    """Render seconds by job id, for the jobs that have one (see :func:`render_seconds`)."""
+    """Render seconds by job id, for the jobs that have one (``JobRow.render_seconds``)."""
     render_p50: float | None
     render_p95: float | None
 
@@ -273,7 +261,7 @@ class ReportData:
 def build_report(batch: BatchRow, jobs: Iterable[JobRow], *, now: float) -> ReportData:
     """Compute a batch's report figures from its rows (pure; ``now`` is unix seconds)."""
     rows = tuple(jobs)
-    times = {j.id: t for j in rows if (t := render_seconds(j)) is not None}
+    times = {j.id: t for j in rows if (t := j.render_seconds) is not None}
     counts = Counter(j.state for j in rows)
     by_model: dict[str, list[JobRow]] = defaultdict(list)
     groups: dict[tuple[JobState, str | None, str], list[JobRow]] = defaultdict(list)
@@ -413,7 +401,8 @@ def advice(data: ReportData) -> list[Advice]:
     add(
         [S.STALLED],
         "stalled",
-        "the task was still not finished when the wait limit ran out",
+        "the task was still running past its limit: the manifest's max_wait, or far past "
+        "the render times learned for its kind while later tasks finished",
         f"`batchvid retry {batch} --stalled` polls the same task again (no new charge)",
     )
     add(

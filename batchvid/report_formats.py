@@ -184,7 +184,9 @@ def render_text(data: ReportData, *, width: int = 100) -> str:
         shown = a.jobs[:EXAMPLES_PER_GROUP]
         if a.jobs[0].state in (S.IN_DOUBT, S.STALLED):  # one line each, with what we know
             for job in shown:
-                detail = f"task {job.task_id}" if job.task_id else plain(job.error_message)
+                detail = plain(job.error_message or "")
+                if job.task_id:  # in doubt with a task id cannot happen; stalled: why
+                    detail = f"task {job.task_id}" + (f": {detail}" if detail else "")
                 out.append(f"  {job_label(job)}: {clip(detail, width - 10)}")
             if len(a.jobs) > len(shown):
                 out.append(f"  … {len(a.jobs) - len(shown)} more")

@@ -4,14 +4,18 @@ One dispatcher loop hands out work in priority order, within one shared cap on
 requests in flight (``concurrency``):
 
 1. **downloads** of completed videos, soonest-expiring URL first;
-2. **submissions** of pending jobs, up to a quarter of the slots, while fewer
-   than ``max_active`` tasks are live upstream and the budget allows;
-3. **polls** of tasks whose ``next_poll_at`` is due;
-4. more **submissions** in whatever slots are left.
+2. **polls** of tasks whose ``next_poll_at`` is due, up to a quarter of the slots;
+3. **submissions** of pending jobs, while fewer than ``max_active`` tasks are
+   live upstream and the budget allows;
+4. more **polls** in whatever slots are left.
 
-Polls due by the thousand (renders far longer than the docs' 1-3 minutes, a
-tight rate limit) would otherwise take every slot and leave render capacity
-upstream idle while jobs wait to be sent.
+Under a rate limit, slots are requests waiting for the limiter, so this is
+also how the rate is shared.  While the active-task cap has room, starting
+renders is what shortens the batch, so submissions take what polls leave; once
+it is full, only polls (which find finished renders and free their slots) can
+move it, and they get every slot.  Polls never get less than their quarter, so
+finished videos are still noticed, and fetched, during a long submission
+phase; submissions never wait behind polls due by the thousand.
 
 Every API request also passes the one shared rate limiter (inside the client).
 A job's ``submitting`` intent is committed only once the limiter has granted
@@ -51,16 +55,12 @@ from .errors import (
 )
 from .ledger import Ledger
 from .ledger_rows import JobRow
-from .scheduling import (
-    first_poll_delay,
-    job_filename,
-    next_poll_delay,
-    safe_destination,
-    url_expiry,
-)
+from .poll_policy import Combo, PollPolicy, RenderBook
+from .render_times import observe
+from .scheduling import job_filename, safe_destination, url_expiry
 from .states import JobState
 
-__all__ = ["RunOptions", "RunReport", "Runner", "Snapshot"]
+__all__ = ["DEFAULT_MAX_WAIT", "RunOptions", "RunReport", "Runner", "Snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ S = JobState
 TERMINAL: Final = frozenset({S.DOWNLOADED, S.FAILED, S.REJECTED, S.STALLED, S.IN_DOUBT})
 #: Longest the dispatcher sleeps before looking at the ledger again (scaled).
 MAX_IDLE_S: Final = 5.0
+#: DESIGN's default ``max_wait``: the stall ceiling before render times are learned.
+DEFAULT_MAX_WAIT: Final = 2 * 3600.0
 #: Longest a server's Retry-After holds back submissions (a longer one is more likely a
 #: skewed clock than a real request; the next 429 says so again if it is real).
 MAX_SUBMIT_PAUSE_S: Final = 3600.0
@@ -81,8 +83,11 @@ class RunOptions:
     rate_per_minute: float | None = 60.0
     concurrency: int = 8
     max_active: int = 32
+    #: The least time between two polls of one task (the docs suggest 10-20 s).
     poll_interval: float = 10.0
-    max_wait: float = 2 * 3600.0
+    #: Give up on a task still running after this long.  ``None``: learn a ceiling
+    #: from render times (see ``poll_policy``), with DEFAULT_MAX_WAIT until there is history.
+    max_wait: float | None = None
     download: bool = True
     #: False: only poll and download what is already paid for; submit nothing new.
     submit: bool = True
@@ -94,6 +99,15 @@ class RunOptions:
 
     def scaled(self, seconds: float) -> float:
         return seconds * self.time_scale
+
+    def poll_policy(self) -> PollPolicy:
+        """The poll schedule and stall rule these options ask for."""
+        return PollPolicy(
+            floor_s=self.poll_interval,
+            max_wait_s=DEFAULT_MAX_WAIT if self.max_wait is None else self.max_wait,
+            fixed_max_wait=self.max_wait is not None,
+            scale=self.time_scale,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +197,10 @@ class Runner:
         self._look_for_pending = True
         self._submit_pause_until = 0.0
         self._submit_setbacks = 0
-        self._history: dict[tuple[str, int, str], float | None] = {}
+        #: Render times learned (this ledger's history first), and the poll policy over them.
+        self._renders = RenderBook(
+            options.poll_policy(), history=lambda combo: ledger.render_samples(*combo)
+        )
         self._started = clock()
         self._finished_this_run = 0
         self._failures: deque[str] = deque(maxlen=8)
@@ -261,29 +278,27 @@ class Runner:
             free = self.options.concurrency - len(self._busy)
             if free > 0 and self.options.download:
                 free -= self._start_downloads(tg, free, now)
+            if free > 0:
+                free -= self._start_polls(tg, min(free, self._poll_share()), now)
             if free > 0 and self._may_submit(now):
-                # Submissions' share first, so that polls due by the thousand (long
-                # renders, a tight rate) cannot leave the render slots upstream idle.
-                free -= self._start_submits(tg, min(free, self._submit_share()))
+                free -= self._start_submits(tg, free)
             if free > 0:
                 free -= self._start_polls(tg, free, now)
-            if free > 0 and self._may_submit(now):  # asked again: the budget may be spent
-                free -= self._start_submits(tg, free)
             if not self._busy and self._nothing_left(now):
                 return
             with anyio.move_on_after(self._idle_for(now)):
                 await self._wake.wait()
 
-    def _submit_share(self) -> int:
-        """Free slots offered to submissions before polls: a quarter of ``concurrency``.
+    def _poll_share(self) -> int:
+        """Free slots offered to polls before submissions: a quarter of ``concurrency``.
 
-        At least one; none at concurrency 1, where polls simply come first.
-        Slots already submitting count towards the share.
+        At least one; none at concurrency 1, where submissions simply come first
+        (up to ``max_active``).  Slots already polling count towards the share.
         """
         if self.options.concurrency < 2:
             return 0
         share = max(1, self.options.concurrency // 4)
-        return max(0, share - self._busy_kind["submit"])
+        return max(0, share - self._busy_kind["poll"])
 
     def _may_submit(self, now: float) -> bool:
         return (
@@ -433,6 +448,9 @@ class Runner:
 
     async def _submit(self, job: JobRow) -> None:
         sent = False
+        # Decided before the request leaves: nothing may stand between a create's
+        # answer and recording its task id (it reads the ledger the first time).
+        first_poll = self._renders.first_poll_delay(_combo(job))
 
         def committing_intent() -> None:
             # Called after the rate limiter's grant, right before the request leaves.
@@ -484,9 +502,12 @@ class Runner:
             raise
         else:
             self._submit_setbacks = 0
-            delay = first_poll_delay(self._render_history(job), scale=self.options.time_scale)
             self.ledger.record_submitted(
-                job.id, task.id, task.raw_status or None, self._clock() + delay
+                job.id,
+                task.id,
+                task.raw_status or None,
+                self._clock() + first_poll,
+                server_created_at=task.created_at,
             )
 
     def _release_claim(self, job: JobRow, *, still_pending: bool = True) -> None:
@@ -509,12 +530,6 @@ class Runner:
         until = self._clock() + pause
         self._submit_pause_until = max(self._submit_pause_until, until)
 
-    def _render_history(self, job: JobRow) -> float | None:
-        combo = (job.model, job.seconds, job.resolution)
-        if combo not in self._history:
-            self._history[combo] = self.ledger.render_seconds_history(*combo)
-        return self._history[combo]
-
     async def _poll(self, job: JobRow) -> None:
         assert job.task_id is not None
         now = self._clock()
@@ -527,27 +542,23 @@ class Runner:
         except ApiError as exc:
             # 429/5xx after the client's own retries, or an answer the docs do not
             # describe (a gateway's 404 or 403): the task may well be fine. Ask again
-            # later; max_wait still applies.
-            if self._overdue(job, now):
-                self.ledger.record_stalled(job.id)
-                self._note_failure(job, f"stalled: no usable answer before max_wait ({exc})")
+            # later; the stall rule still applies.
+            stall = self._stall_reason(job, now)
+            if stall is not None:
+                self.ledger.record_stalled(job.id, f"{stall}; last answer: {exc}")
+                self._note_failure(job, f"stalled: no usable answer ({exc})")
                 return
             retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
-            later = next_poll_delay(
-                self.options.scaled(self.options.poll_interval),
-                retry_after_s=retry_after,
-                rng=self._rng,
+            later = self._renders.policy.retry_delay(retry_after, self._rng.random())
+            self.ledger.record_poll(
+                job.id, job.remote_status, job.progress, now + later, seen_running=False
             )
-            self.ledger.record_poll(job.id, job.remote_status, job.progress, now + later)
             if not isinstance(exc, RetryableError):
                 self._note_failure(job, f"poll answered {exc}; will ask again")
             return
         now = self._clock()
         if task.status is TaskStatus.COMPLETED:
-            self.ledger.record_completed(
-                job.id, task.video_url, _expiry(task), remote_status=task.raw_status
-            )
-            self._history.pop((job.model, job.seconds, job.resolution), None)
+            self._learn_render(job, task, now)
             self._look_for_downloads = True
             if not self.options.download:
                 self._finished_this_run += 1
@@ -555,22 +566,59 @@ class Runner:
             code, reason = failure_reason(task)
             self.ledger.record_failed(job.id, code, reason, remote_status=task.raw_status)
             self._note_failure(job, f"{code}: {reason}")
-        elif self._overdue(job, now):
-            self.ledger.record_stalled(job.id)
-            self._note_failure(job, "stalled: still not finished after max_wait")
+        elif (stall := self._stall_reason(job, now)) is not None:
+            self.ledger.record_stalled(job.id, stall)
+            self._note_failure(job, f"stalled: {stall}")
         else:
-            elapsed = now - (job.watch_started_at or now)
-            delay = next_poll_delay(
-                self.options.scaled(self.options.poll_interval),
-                elapsed_s=elapsed,
-                progress=task.progress,
-                rng=self._rng,
-            )
+            born = job.answered_at if job.answered_at is not None else job.watch_started_at
+            elapsed = now - (born if born is not None else now)
+            delay = self._renders.next_poll_delay(_combo(job), elapsed, task.progress)
             self.ledger.record_poll(job.id, task.raw_status or None, task.progress, now + delay)
 
-    def _overdue(self, job: JobRow, now: float) -> bool:
-        started = job.watch_started_at
-        return started is not None and now - started > self.options.scaled(self.options.max_wait)
+    def _learn_render(self, job: JobRow, task: Task, now: float) -> None:
+        """Record a task seen done, with what it proves about its render time."""
+        sample, estimate = None, None
+        if job.sent_at is not None and job.answered_at is not None:
+            sample = observe(
+                sent_at=job.sent_at,
+                answered_at=job.answered_at,
+                seen_done_at=now,
+                last_running_at=job.last_running_at,
+                server_created_at=task.created_at
+                if task.created_at is not None
+                else job.server_created_at,
+                server_completed_at=task.completed_at,
+            )
+        if sample is not None:
+            estimate = self._renders.estimate(_combo(job), sample)
+        self.ledger.record_completed(
+            job.id,
+            task.video_url,
+            _expiry(task),
+            remote_status=task.raw_status,
+            server_created_at=task.created_at,
+            server_completed_at=task.completed_at,
+            render=sample,
+            render_s=estimate,
+        )
+        if sample is not None and job.answered_at is not None:
+            last = job.last_running_at
+            self._renders.learn(
+                _combo(job),
+                sample,
+                created_at=job.answered_at,
+                last_running=None if last is None else (last - job.answered_at, job.progress),
+            )
+
+    def _stall_reason(self, job: JobRow, now: float) -> str | None:
+        """Why a live task should be given up on for this run, or ``None``."""
+        if job.watch_started_at is None:
+            return None
+        return self._renders.stall_reason(
+            _combo(job),
+            watched_s=now - job.watch_started_at,
+            created_at=job.answered_at if job.answered_at is not None else job.watch_started_at,
+        )
 
     async def _download(self, job: JobRow) -> None:
         assert job.task_id is not None
@@ -618,6 +666,10 @@ class Runner:
     def _note_failure(self, job: JobRow, message: str) -> None:
         label = job.prompt_id or _clip(job.prompt, 30)
         self._failures.append(f"#{job.idx} {label}: {_clip(message, 160)}")
+
+
+def _combo(job: JobRow) -> Combo:
+    return (job.model, job.seconds, job.resolution)
 
 
 def _expiry(task: Task) -> float | None:

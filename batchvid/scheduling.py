@@ -1,18 +1,11 @@
-"""When to poll, when a signed URL expires, and what a video file is called.
+"""When a signed URL expires, and what a video file is called: pure functions.
 
-Pure functions, no I/O: the runner asks them and does the waiting.
-
-Polling is one shared budget.  A task's first poll is set from the render time
-this ledger has seen for the same model, seconds and resolution (the docs'
-"1-3 minutes" before there is any history); later polls are spaced by the
-poll interval with jitter, brought forward only when the task's own progress
-says it is nearly done.  Nothing ever polls in a tight loop.
+(When to poll is :mod:`batchvid.poll_policy`.)
 """
 
 from __future__ import annotations
 
 import math
-import random
 import re
 import unicodedata
 from datetime import UTC, datetime
@@ -20,58 +13,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = [
-    "DOCS_FIRST_POLL_S",
-    "first_poll_delay",
-    "job_filename",
-    "next_poll_delay",
-    "safe_destination",
-    "slug",
-    "url_expiry",
-]
-
-#: Before any history: the docs say most jobs finish in 1-3 minutes.
-DOCS_FIRST_POLL_S: Final = 60.0
-#: Poll a little after the typical render time, so most tasks are done at the first look.
-HISTORY_MARGIN: Final = 1.15
-#: Never poll one task more often than this fraction of the poll interval.
-MIN_INTERVAL_FRACTION: Final = 0.25
-
-
-def first_poll_delay(history_s: float | None, *, scale: float = 1.0) -> float:
-    """Seconds from submission to the first poll.
-
-    ``history_s`` is the typical render time learned from this ledger (already
-    in the clock the runner lives in); without it, the docs' first minute,
-    multiplied by ``scale`` (the simulator's time scale, 1.0 for the real API).
-    """
-    if history_s is not None and history_s > 0:
-        return history_s * HISTORY_MARGIN
-    return DOCS_FIRST_POLL_S * scale
-
-
-def next_poll_delay(
-    interval_s: float,
-    *,
-    elapsed_s: float | None = None,
-    progress: int | None = None,
-    retry_after_s: float | None = None,
-    rng: random.Random | None = None,
-) -> float:
-    """Seconds until the next poll of a task that is not finished yet.
-
-    The poll interval with ±20% jitter (so a batch's polls spread out), brought
-    forward when the task's progress predicts an earlier finish, but never
-    below a quarter of the interval, and never before a server's Retry-After.
-    """
-    rng = rng or random.Random()
-    delay = interval_s * rng.uniform(0.8, 1.2)
-    if elapsed_s is not None and progress is not None and 0 < progress < 100 and elapsed_s > 0:
-        remaining = elapsed_s * (100 - progress) / progress
-        delay = min(delay, max(remaining * 1.05, interval_s * MIN_INTERVAL_FRACTION))
-    if retry_after_s is not None:
-        delay = max(delay, retry_after_s)
-    return delay
+__all__ = ["job_filename", "safe_destination", "slug", "url_expiry"]
 
 
 # Query parameters that carry an expiry in the signed-URL schemes seen in the wild:

@@ -45,6 +45,8 @@ _T = TypeVar("_T")
 Vocabulary = Literal["upper", "lower", "mixed"]
 ErrorShape = Literal["openai", "flat", "mixed"]
 RetryAfterStyle = Literal["seconds", "date", "none"]
+ProgressStyle = Literal["curve", "linear", "coarse", "none"]
+StampStyle = Literal["seconds", "absent", "created"]
 
 #: One-shot faults that ``inject`` queues for the next N matching requests.
 FAULT_KINDS: Final = (
@@ -74,7 +76,9 @@ class SimConfig:
     vocabulary: Vocabulary = "upper"
     error_shape: ErrorShape = "openai"
     time_scale: float = 0.05
-    jitter: float = 0.2
+    spread: float = 0.12
+    progress: ProgressStyle = "curve"
+    completed_at: StampStyle = "seconds"
     fail_rate: float = 0.0
     error_rate: float = 0.0
     rate_limit: int = 0
@@ -119,7 +123,12 @@ KNOB_HELP: Final = {
     "or mixed (chosen per answer)",
     "time_scale": "Multiplies every render time: 1.0 is real time (1-3 minutes a job), "
     "0.005 makes a 60 s render take 0.3 s",
-    "jitter": "Render times vary by up to this fraction either way (0.2 = +-20%)",
+    "spread": "Render times of one model/seconds/resolution vary log-normally with this "
+    "sigma, cut at 2.5 sigma (0.12: p10-p90 about 1.36x; 0: every such render takes the same)",
+    "progress": "How progress is reported: curve (non-linear per task, after a queued spell "
+    "at 0), linear, coarse (steps of 25) or none (the field is left out)",
+    "completed_at": "Task timestamps: seconds (whole unix seconds, as in the docs), absent "
+    "(no completed_at) or created (completed_at equal to created_at: a coarse clock)",
     "fail_rate": "Share of tasks that end FAILED (provider rejection, with an error object)",
     "error_rate": "Share of tasks that end ERROR (internal error, with a reason string)",
     "rate_limit": "API requests allowed per window before 429 (0 = no limit)",
@@ -144,7 +153,6 @@ KNOB_HELP: Final = {
 }
 
 _PROBABILITIES: Final = (
-    "jitter",
     "fail_rate",
     "error_rate",
     "p_5xx",
@@ -164,6 +172,12 @@ def _config_problems(config: SimConfig) -> list[str]:
     ]
     if config.fail_rate + config.error_rate > 1:
         problems.append("fail_rate + error_rate must not exceed 1")
+    if not 0 <= config.spread <= 1:
+        problems.append("spread must be between 0 and 1")
+    if config.progress not in ("curve", "linear", "coarse", "none"):
+        problems.append("progress must be curve, linear, coarse or none")
+    if config.completed_at not in ("seconds", "absent", "created"):
+        problems.append("completed_at must be seconds, absent or created")
     if config.vocabulary not in ("upper", "lower", "mixed"):
         problems.append("vocabulary must be upper, lower or mixed")
     if config.error_shape not in ("openai", "flat", "mixed"):
@@ -202,21 +216,28 @@ def video_for(task_id: str) -> bytes:
 
 # -- render clock ------------------------------------------------------------
 
-# Simulator-only data (the docs give no render speeds): relative cost per model,
-# per resolution. Unknown models cost 1.0.
+# Simulator-only data (the docs give no render speeds, only "most jobs finish in
+# 1-3 minutes, depending on model, duration and resolution"): relative cost per
+# model and per resolution. Unknown models cost 1.0.
 _MODEL_COST: Final = {
     "doubao-seedance-2-0": 1.0,
     "doubao-seedance-2-0-fast": 0.6,
     "doubao-seedance-1-5-pro": 0.85,
     "doubao-seedance-1-0-pro": 0.7,
 }
-_RESOLUTION_COST: Final = {"480p": 0.55, "720p": 1.0, "1080p": 2.0}
+_RESOLUTION_COST: Final = {"480p": 0.55, "720p": 1.0, "1080p": 1.6}
+#: Log-normal spreads are cut here (in sigmas): no render takes forever.
+_SPREAD_CUT: Final = 2.5
 
 
 def render_seconds(model: str, seconds: int, resolution: str) -> float:
-    """Unscaled, jitter-free render time: ~90 s for 5 s of 720p on the 2.0 model."""
+    """Unscaled typical render time: 90 s for 5 s of 720p on the 2.0 model.
+
+    Within the docs' 1-3 minutes for most requests; shorter for a few seconds
+    of 480p on a fast model, longer for 10+ seconds of 1080p.
+    """
     cost = _MODEL_COST.get(model, 1.0) * _RESOLUTION_COST.get(resolution, 1.0)
-    return 20.0 + 14.0 * seconds * cost
+    return 45.0 + 9.0 * seconds * cost
 
 
 def max_in_window(times: Sequence[float], window: float) -> int:
@@ -245,26 +266,36 @@ class SimTask:
     outcome: Literal["completed", "failed", "error"]
     content: bytes = field(repr=False)
     sha256: str
+    #: Share of the render spent queued (progress 0, status queued).
+    queue_share: float = 0.1
+    #: Progress is ``100 * share ** curve`` of the rendering part (1.0: linear).
+    curve: float = 1.0
+    #: Monotonic time of the first poll that answered this task terminal (for benchmarks).
+    seen_done_mono: float | None = None
 
-    def phase(self, now: float) -> tuple[str, int, float | None]:
+    def phase(self, now: float, style: ProgressStyle = "linear") -> tuple[str, int, float | None]:
         """``(status, progress, finished_after_seconds)`` at monotonic time ``now``.
 
-        Queued for the first tenth of the render, then in progress with
-        progress rising linearly; ERROR tasks stop halfway.
+        Queued for ``queue_share`` of the render, then in progress; ERROR tasks
+        stop halfway.  ``style`` shapes the progress figure (see ``SimConfig``).
         """
         elapsed = now - self.created_mono
         stop = 0.5 * self.duration if self.outcome == "error" else self.duration
         if elapsed >= stop:
-            progress = 100 if self.outcome == "completed" else self._progress(stop)
+            progress = 100 if self.outcome == "completed" else self._progress(stop, style)
             return self.outcome, progress, stop
-        if elapsed < 0.1 * self.duration:
+        if elapsed < self.queue_share * self.duration:
             return "queued", 0, None
-        return "in_progress", self._progress(elapsed), None
+        return "in_progress", self._progress(elapsed, style), None
 
-    def _progress(self, elapsed: float) -> int:
-        queue_time = 0.1 * self.duration
+    def _progress(self, elapsed: float, style: ProgressStyle) -> int:
+        queue_time = self.queue_share * self.duration
         share = (elapsed - queue_time) / max(self.duration - queue_time, 1e-9)
-        return max(1, min(99, int(100 * share)))
+        share = min(1.0, max(0.0, share))
+        if style == "curve":
+            share **= self.curve
+        progress = max(1, min(99, int(100 * share)))
+        return 25 * (progress // 25) if style == "coarse" else progress
 
 
 class SimState:
@@ -393,7 +424,9 @@ class SimState:
         with self._lock:
             config = self.config
             task_id = f"task_{self.rng.getrandbits(64):016x}"
-            spread = 1 + self.rng.uniform(-config.jitter, config.jitter)
+            spread = math.exp(
+                config.spread * max(-_SPREAD_CUT, min(_SPREAD_CUT, self.rng.gauss(0.0, 1.0)))
+            )
             roll = self.rng.random()
             outcome: Literal["completed", "failed", "error"] = "completed"
             if roll < config.fail_rate:
@@ -412,6 +445,8 @@ class SimState:
                 outcome=outcome,
                 content=content,
                 sha256=hashlib.sha256(content).hexdigest(),
+                queue_share=self.rng.uniform(0.05, 0.2),
+                curve=self.rng.uniform(0.6, 0.9),
             )
             self.tasks[task_id] = task
             self.counters["creates"] += 1
@@ -426,8 +461,10 @@ class SimState:
 
     def task_view(self, task: SimTask, *, fresh: bool = False) -> dict[str, Any]:
         """The JSON body describing ``task`` now (``fresh``: a create's first answer)."""
+        config = self.config
+        now = time.monotonic()
         status, progress, finished_after = (
-            ("queued", 0, None) if fresh else task.phase(time.monotonic())
+            ("queued", 0, None) if fresh else task.phase(now, config.progress)
         )
         body: dict[str, Any] = {
             "id": task.id,
@@ -435,17 +472,26 @@ class SimState:
             "object": "video",
             "model": task.request.model,
             "status": self.status_word(status),
-            "progress": progress,
             "created_at": int(task.created_wall),
             "seconds": str(task.request.seconds),
             "size": task.request.size,
         }
+        if config.progress != "none":
+            body["progress"] = progress
         if fresh:
             return body
-        body["completed_at"] = (
-            None if finished_after is None else int(task.created_wall + finished_after)
-        )
-        if status == "completed" and self.config.video_url:
+        if finished_after is not None and task.seen_done_mono is None:
+            with self._lock:
+                task.seen_done_mono = now
+        if config.completed_at != "absent":
+            body["completed_at"] = (
+                None
+                if finished_after is None
+                else body["created_at"]
+                if config.completed_at == "created"
+                else int(task.created_wall + finished_after)
+            )
+        if status == "completed" and config.video_url:
             body["video_url"] = self.sign_url(task.id)
         elif status == "failed":
             body["error"] = {
@@ -499,13 +545,15 @@ class SimState:
                 "request_times": [r["t"] for r in self.requests],
                 "requests": [dict(r) for r in self.requests],
                 "counters": counters,
-                "tasks": {task.id: _task_summary(task) for task in self.tasks.values()},
+                "tasks": {
+                    task.id: _task_summary(task, self._started) for task in self.tasks.values()
+                },
                 "pending_faults": {k: v for k, v in self._faults.items() if v},
                 "config": self.config.as_dict(),
             }
 
 
-def _task_summary(task: SimTask) -> dict[str, Any]:
+def _task_summary(task: SimTask, started: float) -> dict[str, Any]:
     request = task.request
     return {
         "prompt": request.prompt,
@@ -525,6 +573,11 @@ def _task_summary(task: SimTask) -> dict[str, Any]:
         "fingerprint": request.fingerprint(),
         "outcome": task.outcome,
         "duration_s": round(task.duration, 4),
+        # On the clock of ``request_times`` (seconds since the simulator started).
+        "created_t": round(task.created_mono - started, 6),
+        "seen_done_t": (
+            None if task.seen_done_mono is None else round(task.seen_done_mono - started, 6)
+        ),
         "size_bytes": len(task.content),
         "sha256": task.sha256,
     }

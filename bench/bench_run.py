@@ -1,4 +1,4 @@
-"""Figures 1 and 3: `batchvid run` beside a bare httpx loop, against one simulator.
+"""Figure 1: `batchvid run` beside a bare httpx loop, against one simulator.
 
 **Overhead** (figure 1): both contenders do create -> poll -> download for the
 same N jobs with the same requests in flight, against one ``batchvid
@@ -7,12 +7,6 @@ CPU-bound and overhead shows).  batchvid runs as a user runs it (a subprocess
 of the CLI) on a ledger that already has render-time history (a warm-up
 batch); the bare loop keeps no ledger and polls on the docs' fixed 10 s
 (scaled).  Wall and CPU time of each child; ratios of per-run pairs.
-
-**Poll economy** (figure 3): the same render-time distribution for both (1-3
-simulated minutes: three models, 5 s and 10 s, 720p), at a time scale where
-renders are long against the poll interval; the same cap on live tasks.
-batchvid with history vs the docs' fixed 10 s loop: API polls per completed job,
-from the simulator's counters.
 
     python bench/bench_run.py [--jobs 2000] [--runs 3] [--concurrency 16]
 """
@@ -31,7 +25,6 @@ from harness import (
     Timed,
     bare_loop_args,
     batchvid_run,
-    median,
     polls_per_completed,
     ratio,
     spread,
@@ -45,11 +38,6 @@ OVERHEAD_SCALE = 0.002
 #: The docs' fixed poll cadence, in API seconds (scaled by the time scale).
 DOCS_POLL_S = 10.0
 WARMUP_JOBS = 120
-#: Figure 3: renders of 1-3 simulated minutes become 0.6-1.9 s; a 10 s poll 0.1 s.
-POLL_SCALE = 0.01
-POLL_MODELS = ("doubao-seedance-2-0", "doubao-seedance-2-0-fast", "doubao-seedance-1-5-pro")
-POLL_SIZES = ("16:9", "9:16")
-POLL_SECONDS = (5, 10)
 
 Progress = Callable[[str], None]
 
@@ -128,69 +116,6 @@ def overhead(
     return result
 
 
-def poll_economy(
-    tmp: Path,
-    *,
-    jobs: int,
-    runs: int,
-    max_active: int = 32,
-    concurrency: int = 16,
-    progress: Progress = print,
-) -> Pairs:
-    """Figure 3: polls per completed job, batchvid with history vs the docs' fixed loop."""
-    result = Pairs()
-    shape = {
-        "models": POLL_MODELS,
-        "sizes": POLL_SIZES,
-        "seconds": POLL_SECONDS,
-        "resolution": "720p",
-    }
-    with Simulator(time_scale=POLL_SCALE) as sim:
-        for run in range(runs):
-            ledger = tmp / f"polls-{run}.db"
-            warm = write_manifest(tmp / f"pwarm-{run}.yaml", f"pwarm{run}", 48, **shape)
-            batchvid_run(
-                sim,
-                warm,
-                ledger,
-                time_scale=POLL_SCALE,
-                max_active=max_active,
-                concurrency=concurrency,
-            )
-            manifest = write_manifest(tmp / f"polls-{run}.yaml", f"polls{run}", jobs, **shape)
-            jobs_json = tmp / f"pjobs-{run}.json"
-            result.jobs = write_jobs_json(manifest, jobs_json)
-            sim.reset()
-            result.ours.append(
-                batchvid_run(
-                    sim,
-                    manifest,
-                    ledger,
-                    time_scale=POLL_SCALE,
-                    max_active=max_active,
-                    concurrency=concurrency,
-                    poll_interval=DOCS_POLL_S,
-                )
-            )
-            result.our_polls.append(polls_per_completed(sim.stats()))
-            sim.reset()
-            args = bare_loop_args(
-                sim,
-                jobs_json,
-                tmp / f"pbare-{run}",
-                concurrency=concurrency,
-                poll_s=DOCS_POLL_S * POLL_SCALE,
-                max_active=max_active,
-            )
-            result.theirs.append(timed(args))
-            result.their_polls.append(polls_per_completed(sim.stats()))
-            progress(
-                f"  poll economy: run {run + 1}/{runs}: batchvid {result.our_polls[-1]:.2f}"
-                f" polls/job, docs' fixed 10 s loop {result.their_polls[-1]:.2f} polls/job"
-            )
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000)
@@ -200,7 +125,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         fig1 = overhead(tmp, jobs=args.jobs, runs=args.runs, concurrency=args.concurrency)
-        fig3 = poll_economy(tmp, jobs=240, runs=args.runs)
     print(
         f"\n{fig1.jobs} jobs ({', '.join(FAST_MODELS)}), concurrency {args.concurrency}, "
         f"time scale {OVERHEAD_SCALE}, {args.runs} runs: median (min-max)"
@@ -212,10 +136,6 @@ def main() -> None:
         print(f"{label:26}{spread(ours):>22}{spread(theirs):>22}")
     print(f"wall-time ratio (median of per-run ratios): {fig1.wall_ratio():.2f}x   goal <= 1.25x")
     print(f"CPU-time ratio (median of per-run ratios):  {fig1.cpu_ratio():.2f}x")
-    print(
-        f"polls per completed job at {POLL_SCALE}: batchvid {median(fig3.our_polls):.2f}, "
-        f"docs' fixed loop {median(fig3.their_polls):.2f}   goal <= 1.5"
-    )
 
 
 if __name__ == "__main__":

@@ -89,8 +89,8 @@ def main() -> None:
             timed("status (counts by state)", lambda: ledger.status("b"), repeat=5)
             timed("committed_cost", lambda: ledger.committed_cost("b"), repeat=5)
             timed(
-                "render_seconds_history",
-                lambda: ledger.render_seconds_history("doubao-seedance-2-0", 5, "720p"),
+                "render_samples",
+                lambda: ledger.render_samples("doubao-seedance-2-0", 5, "720p"),
                 repeat=5,
             )
             timed(f"iterate jobs() over {n}", lambda: sum(1 for _ in ledger.jobs("b")))

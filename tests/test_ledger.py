@@ -16,6 +16,7 @@ from batchvid.ledger import Ledger, utc_iso
 from batchvid.ledger_rows import JobInput, JobRow, NewJob, StoredReference
 from batchvid.ledger_schema import migrations
 from batchvid.plan import load_plan
+from batchvid.render_times import RenderSample
 from batchvid.request import VideoRequest
 from batchvid.states import TRANSITIONS, JobState, chain_problem, poll_state
 
@@ -227,6 +228,7 @@ def test_migrations_apply_once_and_reopening_keeps_data(path: Path, clock: Clock
         ("batchvid", "m001_initial"),
         ("batchvid", "m002_axes_and_endpoint"),
         ("batchvid", "m003_download_queue"),
+        ("batchvid", "m004_render_evidence"),
     ]
 
 
@@ -590,7 +592,11 @@ def test_submission_records_the_task(ledger: Ledger, clock: Clock) -> None:
     assert (row.task_id, row.remote_status, row.next_poll_at) == ("task_1", "queued", T0 + 62)
     assert (row.submitted_utc, row.queued_utc) == (utc_iso(T0), utc_iso(T0 + 2))
     assert row.started_utc is None and row.watch_started_at == T0 + 2
-    assert ledger.events(job_id)[-1].detail == {"remote_status": "queued", "task_id": "task_1"}
+    assert ledger.events(job_id)[-1].detail == {
+        "remote_status": "queued",
+        "task_id": "task_1",
+        "first_poll_in_s": 60.0,
+    }
 
     running = add_job(ledger, "k2")
     ledger.begin_submit(running)
@@ -795,17 +801,48 @@ def test_jobs_iterates_every_job_by_index_across_pages(ledger: Ledger) -> None:
     assert all(isinstance(j, JobRow) for j in ledger.jobs("b"))
 
 
-def test_render_history_is_the_median_of_completed_jobs(ledger: Ledger, clock: Clock) -> None:
-    assert ledger.render_seconds_history("m", 5, "720p") is None
-    for n, took in enumerate((60, 90, 300)):
+def test_render_evidence_is_recorded_and_read_back_newest_last(
+    ledger: Ledger, clock: Clock
+) -> None:
+    assert ledger.render_samples("m", 5, "720p") == []
+    for n, (lo, hi) in enumerate(((59, 61), (89, 91), (0, 300))):
         job_id = add_job(ledger, f"k{n}")
         reach(ledger, job_id, S.QUEUED)
-        clock.advance(took)
-        ledger.record_completed(job_id, "https://cdn.example/v", None)
+        clock.advance(10)
+        ledger.record_completed(
+            job_id, "https://cdn.example/v", None, render=RenderSample(lo, hi, stamped=n < 2)
+        )
+    bare = add_job(ledger, "bare")  # completed with nothing proved: not a sample
+    reach(ledger, bare, S.QUEUED)
+    ledger.record_completed(bare, "https://cdn.example/v", None)
     other = add_job(ledger, "other")
     reach(ledger, other, S.IN_PROGRESS)  # not completed: no sample
-    assert ledger.render_seconds_history("m", 5, "720p") == pytest.approx(90)
-    assert ledger.render_seconds_history("m", 10, "720p") is None
+    samples = ledger.render_samples("m", 5, "720p")
+    assert [(s.lo, s.hi) for s in samples] == [(59, 61), (89, 91), (0, 300)]
+    assert [s for s in ledger.render_samples("m", 5, "720p", limit=1)] == [samples[-1]]
+    assert ledger.render_samples("m", 10, "720p") == []
+
+
+def test_the_times_a_render_is_judged_by_are_kept(ledger: Ledger, clock: Clock) -> None:
+    job_id = add_job(ledger, "k")
+    ledger.begin_submit(job_id)
+    sent = clock()
+    clock.advance(0.5)
+    ledger.record_submitted(job_id, "task_1", "SUBMITTED", clock() + 60, server_created_at=1700)
+    answered = clock()
+    clock.advance(30)
+    ledger.record_poll(job_id, "IN_PROGRESS", 40, clock() + 20)
+    running = clock()
+    clock.advance(20)
+    ledger.record_poll(job_id, "IN_PROGRESS", 40, clock() + 20, seen_running=False)
+    row = ledger.get_job(job_id)
+    assert (row.sent_at, row.answered_at, row.server_created_at) == (sent, answered, 1700)
+    assert row.last_running_at == running  # a poll without a usable answer proves nothing
+    ledger.record_completed(
+        job_id, "u", None, server_completed_at=1790, render=RenderSample(89, 91, stamped=True)
+    )
+    row = ledger.get_job(job_id)
+    assert (row.server_completed_at, row.render_seconds) == (1790, 90)
 
 
 def test_utc_iso_is_millisecond_utc() -> None:

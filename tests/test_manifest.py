@@ -105,6 +105,8 @@ def test_unquoted_ratio_is_read_as_written(tmp_path: Path) -> None:
          "limits: {rate_per_minute: 0}\n", 5, "limits.rate_per_minute", "greater than 0"),
         (HEAD + "defaults: {model: doubao-seedance-2-0}\nprompts: [x]\nlimits: {max_wait: soon}\n",
          5, "limits.max_wait", "duration"),
+        (HEAD + "defaults: {model: doubao-seedance-2-0}\nprompts: [x]\n"
+         "limits: {poll_interval: 2s}\n", 5, "limits.poll_interval", "tighter than the docs'"),
         (HEAD + "defaults: {model: doubao-seedance-2-0}\nprompts: [x]\npricing: {gpt: 1}\n", 5,
          "pricing.gpt", "unknown model"),
         (HEAD + "defaults: {model: doubao-seedance-2-0}\nprompts: [x]\nbudget_usd: -3\n", 5,

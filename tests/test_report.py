@@ -32,6 +32,7 @@ from batchvid.cli_report import report
 from batchvid.gallery import PRELOAD_LIMIT, gallery_layout, prompt_template, render_html
 from batchvid.ledger import Ledger
 from batchvid.ledger_rows import JobRow, NewJob
+from batchvid.render_times import RenderSample
 from batchvid.report import (
     CSV_COLUMNS,
     FORMATS,
@@ -39,7 +40,6 @@ from batchvid.report import (
     build_report,
     load_report,
     percentile,
-    render_seconds,
 )
 from batchvid.report_formats import (
     FAILURE_GROUPS_SHOWN,
@@ -149,14 +149,27 @@ def test_report_figures_match_the_ledger(finished: ReportData, ledger: Ledger) -
         assert model.success_rate == pytest.approx(len(times) / (len(times) + failed))
 
 
-def test_render_seconds_run_from_the_task_to_completion(ledger: Ledger, clock: Clock) -> None:
+def test_render_seconds_are_what_the_task_proved_not_when_we_looked(
+    ledger: Ledger, clock: Clock
+) -> None:
     add_batch(ledger, "b", Path("out"))
     ledger.upsert_jobs("b", [NewJob(key="k", index=1, prompt="p", model="m")])
     job = next(ledger.jobs("b"))
     drive(ledger, clock, job, Outcome("completed", 90.5), bytes_video(Path("unused")))
     done = next(ledger.jobs("b"))
-    assert render_seconds(done) == pytest.approx(90.5)
-    assert render_seconds(job) is None
+    # Recorded without render evidence (an older ledger): created to completion seen.
+    assert done.render_seconds == pytest.approx(90.5)
+    assert job.render_seconds is None
+    ledger.upsert_jobs("b", [NewJob(key="k2", index=2, prompt="p", model="m")])
+    second = ledger.job_by_key("b", "k2")
+    assert second is not None
+    ledger.begin_submit(second.id)
+    ledger.record_submitted(second.id, "task_2", "queued", clock() + 60)
+    clock.advance(300)  # seen done long after it finished: that wait is not the render
+    ledger.record_completed(
+        second.id, "u", None, render=RenderSample(80, 82, stamped=True), render_s=81.2
+    )
+    assert ledger.get_job(second.id).render_seconds == pytest.approx(81.2)
 
 
 def test_failures_are_grouped_by_reason_with_examples(finished: ReportData) -> None:

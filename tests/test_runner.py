@@ -334,3 +334,44 @@ async def test_polls_due_by_the_dozen_leave_submissions_their_share(tmp_path: Pa
         ).fetchone()[0]
     conn.close()
     assert last_sent < first_done, (last_sent, first_done)
+
+
+async def test_a_batch_several_generations_long_keeps_its_turnaround(tmp_path: Path) -> None:
+    """Eight generations of tasks (40 jobs, 5 rendering at once): the first poll tracks the
+    renders instead of learning its own delay, and the last fifth of the batch is noticed
+    as promptly as the first.  Judged on the simulator's timestamps and the ledger."""
+    scale = 0.02  # renders of about 1.2 s; the poll floor is 0.2 s
+    options = replace(OPTIONS, concurrency=5, max_active=5, time_scale=scale)
+    plan = load_plan(matrix_manifest(tmp_path, prompts=4))
+    async with serve_simulator(SimConfig(time_scale=scale, seed=5)) as sim:
+        report, _ = await run_once(tmp_path, sim, plan, options)
+        stats = sim.stats()
+    assert report.exit_code == 0 and report.counts["downloaded"] == 40
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        jobs = {j.task_id: j for j in ledger.jobs("e2e")}
+        planned = {
+            j.task_id: next(
+                e.detail["first_poll_in_s"] for e in ledger.events(j.id) if e.to_state == "queued"
+            )
+            for j in jobs.values()
+        }
+    tasks = sorted(stats["tasks"].items(), key=lambda item: item[1]["created_t"])
+    fifth = len(tasks) // 5
+    first, last = tasks[:fifth], tasks[-fifth:]
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    render = median([t["duration_s"] for _, t in tasks])
+    # The first poll sits on the renders, not on a delay that grew with every generation.
+    assert 0.85 * render <= median([planned[task_id] for task_id, _ in last]) <= 1.35 * render
+
+    def seen_after(group: list[tuple[str, dict[str, Any]]]) -> float:
+        return median([t["seen_done_t"] - t["created_t"] - t["duration_s"] for _, t in group])
+
+    assert seen_after(last) <= 0.5 * render, (seen_after(first), seen_after(last), render)
+    assert sum(stats["polls"][task_id] for task_id, _ in last) <= 3 * fifth
+    # What the ledger learned of each render is within reach of the truth.
+    learned = [jobs[task_id].render_seconds for task_id, _ in last]
+    assert all(r is not None for r in learned)
+    assert median([r for r in learned if r is not None]) == pytest.approx(render, rel=0.3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -289,14 +290,19 @@ def test_render_time_follows_model_seconds_and_resolution() -> None:
     )
 
 
-def test_time_scale_and_jitter_shape_each_render(sim_thread: Simulator, http: httpx.Client) -> None:
-    sim_thread.configure(time_scale=0.01, jitter=0.2)
+def test_time_scale_and_spread_shape_each_render(sim_thread: Simulator, http: httpx.Client) -> None:
+    sim_thread.configure(time_scale=0.01, spread=0.12)
     task_ids = [new_task(http, f"take {n}") for n in range(12)]
     tasks = sim_thread.stats()["tasks"]
     durations = [tasks[task_id]["duration_s"] for task_id in task_ids]
     nominal = render_seconds(FAST, 5, "720p") * 0.01
-    assert all(0.8 * nominal - 1e-3 <= d <= 1.2 * nominal + 1e-3 for d in durations)
+    cut = math.exp(2.5 * 0.12)  # the log-normal spread is cut at 2.5 sigma
+    assert all(nominal / cut - 1e-3 <= d <= nominal * cut + 1e-3 for d in durations)
     assert len(set(durations)) > 1
+    sim_thread.configure(spread=0)
+    same = [new_task(http, f"same {n}") for n in range(3)]
+    tasks = sim_thread.stats()["tasks"]
+    assert {tasks[task_id]["duration_s"] for task_id in same} == {round(nominal, 4)}
 
 
 # -- the CDN ---------------------------------------------------------------------------
