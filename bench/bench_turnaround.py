@@ -40,8 +40,7 @@ from harness import (
     Simulator,
     Timed,
     bare_loop_args,
-    batchvid_env,
-    batchvid_run_args,
+    batchvid_run,
     timed,
     write_jobs_json,
     write_manifest,
@@ -127,10 +126,10 @@ def turnaround(
     with Simulator(time_scale=scale, seed=3) as ours, Simulator(time_scale=scale, seed=3) as docs:
 
         def batchvid() -> None:
-            args = batchvid_run_args(
-                manifest, time_scale=scale, concurrency=cap, max_active=cap, rate_per_minute=0
-            )
-            runs["ours"] = timed(args, env=batchvid_env(ours, tmp / "turnaround.db"))
+            runs["ours"] = batchvid_run(
+                ours, manifest, tmp / "turnaround.db",
+                time_scale=scale, concurrency=cap, max_active=cap, rate_per_minute=0,
+            )  # fmt: skip
             stats["ours"] = ours.stats()
 
         def docs_loop() -> None:
@@ -171,10 +170,10 @@ def rate_use(
     """Figure 3b: a rate-limited run whose renders are much shorter than the docs' guess."""
     manifest = write_manifest(tmp / "rate-use.yaml", "rate-use", jobs, **SHAPE)
     with Simulator(time_scale=SCALE, rate_limit=rate, rate_window=60, seed=5) as sim:
-        args = batchvid_run_args(
-            manifest, time_scale=1.0, rate_per_minute=rate, max_active=jobs, concurrency=8
-        )
-        timed(args, env=batchvid_env(sim, tmp / "rate-use.db"))
+        batchvid_run(
+            sim, manifest, tmp / "rate-use.db",
+            time_scale=1.0, rate_per_minute=rate, max_active=jobs, concurrency=8,
+        )  # fmt: skip
         stats = sim.stats()
     requests = stats["requests"]
     start = min(r["t"] for r in requests)
@@ -210,14 +209,10 @@ def long_run(tmp: Path, *, jobs: int, progress: Progress = print) -> LongRun:
     """Figure 3c: one long batch; CPU per job and first vs last fifth."""
     manifest = write_manifest(tmp / f"long-{jobs}.yaml", f"long{jobs}", jobs, **SHAPE)
     with Simulator(time_scale=LONG_SCALE, seed=9) as sim:
-        args = batchvid_run_args(
-            manifest,
-            time_scale=LONG_SCALE,
-            concurrency=16,
-            max_active=LONG_CAP,
-            rate_per_minute=0,
-        )
-        run = timed(args, env=batchvid_env(sim, tmp / f"long-{jobs}.db"))
+        run = batchvid_run(
+            sim, manifest, tmp / f"long-{jobs}.db",
+            time_scale=LONG_SCALE, concurrency=16, max_active=LONG_CAP, rate_per_minute=0,
+        )  # fmt: skip
         tasks = finished_tasks(sim.stats())
     fifth = max(1, len(tasks) // 5)
     first, last = tasks[:fifth], tasks[-fifth:]

@@ -32,6 +32,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
+#: The batchvid whose ``run`` is measured: this checkout, or another one (an older
+#: commit's worktree, for a before/after figure) named by BATCHVID_BENCH_SOURCE.
+#: Simulators and contenders always come from this checkout.
+SOURCE = Path(os.environ.get("BATCHVID_BENCH_SOURCE") or ROOT).resolve()
 PYTHON = sys.executable
 API_KEY = "sim-key"
 
@@ -149,7 +153,11 @@ def cpu_of_children() -> float:
 
 
 def timed(
-    args: Sequence[str], *, env: dict[str, str] | None = None, ok: Iterable[int] = (0,)
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    ok: Iterable[int] = (0,),
+    cwd: Path = ROOT,
 ) -> Timed:
     """Run ``args`` to the end; its wall and CPU seconds. Raises unless its exit code is ``ok``.
 
@@ -159,7 +167,7 @@ def timed(
     """
     cpu, start = cpu_of_children(), time.perf_counter()
     result = subprocess.run(
-        list(args), env=env, capture_output=True, text=True, check=False, cwd=ROOT
+        list(args), env=env, capture_output=True, text=True, check=False, cwd=cwd
     )
     wall = time.perf_counter() - start
     if result.returncode not in tuple(ok):
@@ -261,8 +269,9 @@ def batchvid_run_args(
 
 
 def batchvid_run(sim: Simulator, manifest: Path, ledger: Path, **options: Any) -> Timed:
-    """``batchvid run MANIFEST`` against ``sim`` to the end (exit 0 required)."""
-    return timed(batchvid_run_args(manifest, **options), env=batchvid_env(sim, ledger))
+    """``batchvid run MANIFEST`` (from :data:`SOURCE`) against ``sim`` to the end (exit 0)."""
+    args = batchvid_run_args(manifest, **options)
+    return timed(args, env=batchvid_env(sim, ledger), cwd=SOURCE)
 
 
 def bare_loop_args(
