@@ -16,6 +16,9 @@ from typing import Final
 __all__ = [
     "API_DEFAULTS",
     "API_FIELDS",
+    "DEFAULT_RESOLUTION",
+    "DEFAULT_SECONDS",
+    "DEFAULT_SIZE",
     "MODELS",
     "POLL_EVERY_S",
     "RATIOS",
@@ -27,6 +30,7 @@ __all__ = [
     "get_model",
     "is_ratio",
     "render_size",
+    "short_name",
     "size_problem",
 ]
 
@@ -36,8 +40,14 @@ RATIOS: Final = ("21:9", "16:9", "4:3", "1:1", "3:4", "9:16")
 RESOLUTIONS: Final = ("480p", "720p", "1080p")
 #: The docs' pattern for ``size``: a ratio preset or an exact WxH.
 SIZE_PATTERN: Final = re.compile(r"^(16:9|4:3|1:1|3:4|9:16|21:9|[1-9]\d{2,3}x[1-9]\d{2,3})$")
-#: The create fields, and the values the API uses when a field is omitted.
-API_DEFAULTS: Final = MappingProxyType({"seconds": 5, "size": "16:9", "resolution": "720p"})
+#: The values the API uses when a create omits ``seconds``, ``size``, ``resolution``.
+DEFAULT_SECONDS: Final = 5
+DEFAULT_SIZE: Final = "16:9"
+DEFAULT_RESOLUTION: Final = "720p"
+API_DEFAULTS: Final = MappingProxyType(
+    {"seconds": DEFAULT_SECONDS, "size": DEFAULT_SIZE, "resolution": DEFAULT_RESOLUTION}
+)
+#: The create fields.
 API_FIELDS: Final = ("prompt", "model", "seconds", "size", "resolution", "input_reference")
 #: The docs' suggested cadence for polling one task, in seconds ("every 10-20 s").
 POLL_EVERY_S: Final = (10.0, 20.0)
@@ -100,6 +110,11 @@ _SIZE_TABLE: Final = {
     ("1080p", "21:9"): ("2176x928", "2206x946"),
 }
 _FAMILY_COLUMN: Final = {"1.0": 0, "1.5+": 1}
+
+
+def short_name(model_id: str) -> str:
+    """A model id without the vendor prefix the docs give every id: ``seedance-2-0-fast``."""
+    return model_id.removeprefix("doubao-")
 
 
 def get_model(model_id: str) -> ModelSpec | None:

@@ -155,7 +155,15 @@ class InDoubtError(ApiError):
 
 
 class DownloadError(BatchvidError):
-    """A video could not be downloaded or did not verify (size, truncation)."""
+    """A video could not be downloaded or did not verify (size, truncation).
+
+    ``fresh_url``: a signed URL the task gave while this download was being
+    tried (worth recording for the next try), when there was one.
+    """
+
+    def __init__(self, message: str, *, fresh_url: str | None = None) -> None:
+        super().__init__(message)
+        self.fresh_url = fresh_url
 
 
 class UrlExpired(DownloadError):

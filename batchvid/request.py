@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .catalogue import DEFAULT_RESOLUTION, DEFAULT_SECONDS, DEFAULT_SIZE
+
 __all__ = ["VideoRequest", "image_type"]
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
@@ -37,9 +39,9 @@ class VideoRequest:
 
     prompt: str
     model: str
-    seconds: int = 5
-    size: str = "16:9"
-    resolution: str = "720p"
+    seconds: int = DEFAULT_SECONDS
+    size: str = DEFAULT_SIZE
+    resolution: str = DEFAULT_RESOLUTION
     references: tuple[Path, ...] = field(default=())
 
     def form_fields(self) -> dict[str, str]:

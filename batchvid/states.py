@@ -30,16 +30,19 @@ from .errors import IllegalTransition
 
 __all__ = [
     "ACTIVE_STATES",
+    "FAILED_STATES",
+    "PAID_UNFINISHED_STATES",
     "POLLING_STATES",
+    "RENDERED_STATES",
     "TASK_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
+    "UNFINISHED_STATES",
     "JobState",
     "chain_problem",
     "check_transition",
     "is_legal",
     "poll_state",
-    "remote_state",
 ]
 
 
@@ -82,6 +85,8 @@ TRANSITIONS: Final[Mapping[JobState, frozenset[JobState]]] = MappingProxyType(
     }
 )
 
+# State groups: each is defined here, and only here.
+
 #: Jobs that hold a slot of ``max_active_tasks``: a create in flight or a live task.
 ACTIVE_STATES: Final = frozenset({S.SUBMITTING, S.QUEUED, S.IN_PROGRESS})
 #: Jobs whose remote task is polled.
@@ -90,24 +95,20 @@ POLLING_STATES: Final = frozenset({S.QUEUED, S.IN_PROGRESS})
 TASK_STATES: Final = frozenset(
     {S.QUEUED, S.IN_PROGRESS, S.COMPLETED, S.DOWNLOADED, S.FAILED, S.STALLED}
 )
+#: Jobs whose task may already be paid for and is not on disk yet: a run finishes
+#: these even when the manifest has become invalid.
+PAID_UNFINISHED_STATES: Final = frozenset({S.SUBMITTING, S.QUEUED, S.IN_PROGRESS, S.COMPLETED})
 #: Nothing more happens to these without a user's ``retry``.
 TERMINAL_STATES: Final = frozenset({S.DOWNLOADED, S.FAILED, S.REJECTED, S.STALLED, S.IN_DOUBT})
+#: Not terminal and not rendered yet: a run is under way, or was interrupted.
+UNFINISHED_STATES: Final = frozenset({S.PENDING, S.SUBMITTING, S.QUEUED, S.IN_PROGRESS})
+#: The video exists upstream (and maybe on disk).
+RENDERED_STATES: Final = frozenset({S.COMPLETED, S.DOWNLOADED})
+#: The attempt ended without a video: the API failed it or refused it.
+FAILED_STATES: Final = frozenset({S.FAILED, S.REJECTED})
 
 BILLABLE_NOTE: Final = (
     "a create request may have reached the server: retrying may create (and bill) a duplicate task"
-)
-
-# Both published spellings of the task status (DESIGN: the client accepts both).
-_REMOTE: Final[Mapping[str, JobState]] = MappingProxyType(
-    {
-        "submitted": S.QUEUED,
-        "queued": S.QUEUED,
-        "in_progress": S.IN_PROGRESS,
-        "success": S.COMPLETED,
-        "completed": S.COMPLETED,
-        "failed": S.FAILED,
-        "error": S.FAILED,
-    }
 )
 
 
@@ -123,29 +124,21 @@ def check_transition(src: JobState, dst: JobState, *, job: object = None) -> Non
         raise IllegalTransition(f"{who}illegal transition {src} -> {dst}")
 
 
-def remote_state(status: str | None) -> JobState | None:
-    """The local state a remote task status means (either doc spelling), or ``None``."""
-    if status is None:
-        return None
-    return _REMOTE.get(status.strip().lower())
-
-
-def poll_state(current: JobState, status: str | None) -> JobState:
+def poll_state(current: JobState, seen: JobState | None) -> JobState:
     """Where a non-terminal poll answer moves a polled job: never backwards.
 
-    ``queued`` becomes ``in_progress`` when the server says so; an ``in_progress``
-    job stays there even if a stale answer says ``queued``; unknown statuses
-    change nothing.  Terminal statuses are not a poll update (see
-    ``Ledger.record_completed`` / ``record_failed``): they raise ``ValueError``.
+    ``seen`` is the job state the answer's status means (``None``: a status
+    neither version of the docs lists).  ``queued`` becomes ``in_progress``
+    when the server says so; an ``in_progress`` job stays there even if a
+    stale answer says ``queued``; anything else changes nothing.  Terminal
+    answers are not a poll update (see ``Ledger.record_completed`` /
+    ``record_failed``): they raise ``ValueError``.
     """
     if current not in POLLING_STATES:
         raise IllegalTransition(f"a {current} job is not polled")
-    seen = remote_state(status)
     if seen in (S.COMPLETED, S.FAILED):
-        raise ValueError(f"remote status {status!r} is terminal: record it as such")
-    if seen is S.IN_PROGRESS:
-        return S.IN_PROGRESS
-    return current
+        raise ValueError(f"a {seen} answer is terminal: record it as such")
+    return S.IN_PROGRESS if seen is S.IN_PROGRESS else current
 
 
 def chain_problem(current: JobState, steps: Iterable[tuple[str, str]]) -> str | None:

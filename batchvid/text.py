@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["span"]
+__all__ = ["clip", "span"]
 
 
 def span(seconds: float) -> str:
@@ -12,3 +12,9 @@ def span(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` on one line (runs of white space as one space), cut to ``width`` with ``…``."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

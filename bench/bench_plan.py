@@ -51,7 +51,7 @@ def write_manifest(path: Path, jobs: int) -> int:
 
 
 def child(manifest: str) -> None:
-    from batchvid.plan import load_plan
+    from batchvid.manifest.plan import load_plan
 
     start = time.perf_counter()
     plan = load_plan(manifest)

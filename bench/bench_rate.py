@@ -39,7 +39,7 @@ from harness import (
     write_manifest,
 )
 
-from batchvid.sim_state import max_in_window
+from batchvid.sim.state import max_in_window
 
 RATE = 600
 SCALE = 0.1

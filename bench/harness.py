@@ -208,7 +208,7 @@ def write_manifest(
 
 def write_jobs_json(manifest: Path, path: Path) -> int:
     """The manifest's expanded requests as JSON, for the contenders; returns how many."""
-    from batchvid.plan import load_plan
+    from batchvid.manifest.plan import load_plan
 
     plan = load_plan(manifest)
     path.write_text(

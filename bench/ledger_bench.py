@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from batchvid.ledger import Ledger
-from batchvid.ledger_rows import NewJob
+from batchvid.ledger.rows import NewJob
 
 
 def jobs(n: int, salt: str = "") -> list[NewJob]:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from batchvid.ledger import Ledger
-from batchvid.ledger_rows import NewJob
+from batchvid.ledger.rows import NewJob
 from batchvid.report import load_report
-from batchvid.report_formats import render
+from batchvid.report.formats import render
 
 MODELS = ("doubao-seedance-2-0-fast", "doubao-seedance-1-5-pro")
 STYLES = ("film noir", "pastel watercolour", "documentary")
@@ -36,6 +36,7 @@ def jobs(n: int) -> list[NewJob]:
             prompt_id=f"p{i // 12}",
             take=1 + i % 2,
             axes=(("model", MODELS[i % 2]), ("size", "16:9"), ("style", STYLES[i % 3])),
+            est_cost_usd=0.5,
         )
         for i in range(n)
     ]
@@ -83,7 +84,7 @@ def main(n: int) -> None:
                 output_dir=tmp,
                 pricing={"doubao-seedance": 0.1},
             )
-            ledger.upsert_jobs("bench", jobs(n), est_cost=lambda j: 0.5)
+            ledger.upsert_jobs("bench", jobs(n))
         shape(path)
         print(f"{n} jobs")
         with Ledger(path, read_only=True) as ledger:

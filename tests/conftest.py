@@ -1,4 +1,4 @@
-"""Shared fixtures: the anyio backend and the built-in simulator on a real socket."""
+"""Shared fixtures: a clean environment, the anyio backend, the simulator on a real socket."""
 
 from __future__ import annotations
 
@@ -6,12 +6,23 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from batchvid.client import CometClient
-from batchvid.sim_state import SimConfig
-from batchvid.simulator import Simulator, SimulatorThread, serve_simulator
+from batchvid.remote.client import CometClient
+from batchvid.sim.server import Simulator, SimulatorThread, serve_simulator
+from batchvid.sim.state import SimConfig
 
 #: Renders take a few tens of milliseconds; seeded so runs repeat.
 FAST_SIM = SimConfig(time_scale=0.0005, seed=7)
+
+
+#: Every environment variable batchvid reads.
+BATCHVID_ENV = ("COMETAPI_KEY", "COMETAPI_BASE_URL", "BATCHVID_LEDGER")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's key, endpoint or ledger (nor sends to them)."""
+    for name in BATCHVID_ENV:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Final
 
 from batchvid.ledger import Ledger
-from batchvid.ledger_rows import JobRow, NewJob
-from batchvid.plan import Plan, load_plan
+from batchvid.ledger.rows import JobRow, NewJob
+from batchvid.manifest.plan import Plan, load_plan
+from batchvid.run.batch import ledger_jobs
+from batchvid.states import JobState
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 MATRIX: Final = ROOT / "manifests" / "matrix.yaml"
@@ -68,8 +70,7 @@ def add_batch(ledger: Ledger, plan_or_name: Plan | str, output_dir: Path) -> str
         budget_usd=plan.manifest.budget_usd,
         endpoint="simulator",
     )
-    costs = {job.key: plan.cost_of(job) for job in plan.jobs}
-    ledger.upsert_jobs(plan.batch, plan.jobs, est_cost=lambda job: costs[job.key])
+    ledger.upsert_jobs(plan.batch, ledger_jobs(plan))
     return plan.batch
 
 
@@ -109,7 +110,7 @@ def drive(
     if target == "queued":
         return
     clock.advance(outcome.render / 2)
-    ledger.record_poll(job.id, "IN_PROGRESS", 50, clock() + 30)
+    ledger.record_poll(job.id, "IN_PROGRESS", 50, clock() + 30, seen=JobState.IN_PROGRESS)
     if target == "in_progress":
         return
     if target == "stalled":

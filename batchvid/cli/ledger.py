@@ -1,0 +1,115 @@
+"""``batchvid status`` and ``batchvid retry``: read and edit the ledger, send nothing.
+
+Kept apart from ``run`` so that these commands load only the ledger: no HTTP
+stack, no YAML, no async runtime (``status`` on a 100,000-job ledger is mostly
+Python's own start-up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..ledger.store import DEFAULT_LEDGER, Ledger, open_ledger
+from ..states import JobState
+from .common import ORDER
+
+__all__ = ["ledger_option", "ledger_path_of", "retry", "status"]
+
+_LEDGER_HELP = f"SQLite ledger file [env BATCHVID_LEDGER; default {DEFAULT_LEDGER}]."
+
+
+def ledger_path_of(value: str | None) -> Path:
+    """The ledger a command uses: --ledger, else $BATCHVID_LEDGER, else the default."""
+    return Path(value or os.environ.get("BATCHVID_LEDGER") or DEFAULT_LEDGER)
+
+
+def ledger_option(f: Any) -> Any:
+    """``--ledger PATH``, resolved by :func:`ledger_path_of`."""
+    return click.option("--ledger", "ledger", metavar="PATH", help=_LEDGER_HELP)(f)
+
+
+@click.command()
+@click.argument("batch", required=False)
+@ledger_option
+@click.option("--json", "as_json", is_flag=True, help="Print counts as JSON (see DESIGN.md).")
+def status(batch: str | None, ledger: str | None, as_json: bool) -> None:
+    """Counts per state of BATCH (or of every batch), from the ledger.
+
+    Lists in-doubt, failed and stalled jobs with their reasons (the first
+    20 of each; `batchvid report` lists every one). Reading is
+    safe while a run is going on. --json prints
+    {"batch", "total", "states": {STATE: count}} (a list when BATCH is omitted).
+    """
+    with open_ledger(ledger_path_of(ledger), create=False) as store:
+        if as_json:
+            data: Any = store.status(batch) if batch else store.statuses()
+            click.echo(json.dumps(data, indent=2))
+            return
+        names = [batch] if batch else [b.name for b in store.batches()]
+        if not names:
+            click.echo("the ledger has no batches yet")
+        for name in names:
+            _print_status(store, name)
+
+
+#: Jobs listed per state by `status` (in doubt, failed, stalled); the rest are counted.
+STATUS_LISTED = 20
+_LISTED_STATES = (JobState.IN_DOUBT, JobState.FAILED, JobState.STALLED)
+
+
+def _print_status(store: Ledger, batch: str) -> None:
+    data = store.status(batch)
+    states = data["states"]
+    counts = "  ".join(f"{s} {states[s]}" for s in ORDER if states.get(s))
+    click.echo(f"{batch}: {data['total']} jobs  {counts}")
+    for state in _LISTED_STATES:
+        for job in store.jobs_in_states(batch, [state], limit=STATUS_LISTED):
+            label = job.prompt_id or " ".join(job.prompt.split())[:40]
+            reason = " ".join((job.error_message or "").split())[:120]
+            click.echo(f"  {job.state:<9} #{job.idx} {label}: {reason}")
+        if states[state] > STATUS_LISTED:
+            more = states[state] - STATUS_LISTED
+            click.echo(f"  ... and {more} more {state} (batchvid report {batch} lists them all)")
+
+
+@click.command()
+@click.argument("batch")
+@click.option("--failed", is_flag=True, help="Failed jobs become pending: a new, billed attempt.")
+@click.option(
+    "--in-doubt",
+    "in_doubt",
+    is_flag=True,
+    help="In-doubt jobs become pending. Their first create may have been billed: "
+    "resubmitting can pay twice for one video.",
+)
+@click.option("--stalled", is_flag=True, help="Stalled tasks are polled again (same task id).")
+@ledger_option
+def retry(batch: str, failed: bool, in_doubt: bool, stalled: bool, ledger: str | None) -> None:
+    """Give jobs of BATCH another chance; then `batchvid run MANIFEST` again.
+
+    Nothing is sent by this command: it only changes states in the ledger
+    (each change is an event that keeps the old task id).
+    """
+    if not (failed or in_doubt or stalled):
+        raise click.UsageError("say which jobs: --failed, --in-doubt and/or --stalled")
+    with open_ledger(ledger_path_of(ledger), create=False) as store:
+        if store.get_batch(batch) is None:
+            raise click.UsageError(f"no batch {batch!r} in the ledger")
+        if failed:
+            click.echo(f"{store.retry(batch, JobState.FAILED)} failed jobs are pending again")
+        if in_doubt:
+            n = store.retry(batch, JobState.IN_DOUBT)
+            click.echo(f"{n} in-doubt jobs are pending again")
+            if n:
+                click.echo(
+                    f"warning: each of those {n} creates may already have made a billed task; "
+                    "resubmitting can pay twice for one video",
+                    err=True,
+                )
+        if stalled:
+            click.echo(f"{store.retry(batch, JobState.STALLED)} stalled jobs will be polled again")

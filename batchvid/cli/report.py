@@ -1,0 +1,120 @@
+"""``batchvid report``: a batch's results from the ledger, as text, CSV, JSON, Markdown or HTML.
+
+The ledger is opened read-only, so a report can be taken while ``run`` is going.
+Library errors (no ledger, no such batch) become a message and exit code 2 here,
+so the command behaves the same inside the ``batchvid`` group or on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from ..errors import BatchvidError
+from ..ledger.store import Ledger
+from ..report.data import FORMATS, ReportData, load_report
+from ..report.formats import render
+from .common import Exit
+from .ledger import ledger_option, ledger_path_of
+
+__all__ = ["ReportUsageError", "report", "write_atomically"]
+
+HTML_NAME = "report.html"
+
+
+class ReportUsageError(click.ClickException):
+    """The report cannot be made as asked (no ledger, no such batch, no jobs): exit 2."""
+
+    exit_code = Exit.USAGE
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` via a temporary file and a rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _pick_batch(ledger: Ledger, batch: str | None) -> str:
+    if batch is not None:
+        return batch
+    names = [b.name for b in ledger.batches()]
+    if not names:
+        raise ReportUsageError(f"the ledger {ledger.path} has no batches yet")
+    if len(names) > 1:
+        listed = "\n".join(f"  {n}" for n in names)
+        raise ReportUsageError(f"the ledger has {len(names)} batches; name one:\n{listed}")
+    return names[0]
+
+
+def _read(ledger_path: Path, batch: str | None) -> ReportData:
+    try:
+        with Ledger(ledger_path, read_only=True) as ledger:
+            data = load_report(ledger, _pick_batch(ledger, batch))
+    except BatchvidError as exc:
+        raise ReportUsageError(str(exc)) from exc
+    if not data.jobs:
+        raise ReportUsageError(f"batch {data.batch.name!r} has no jobs yet: nothing to report")
+    return data
+
+
+@click.command("report")
+@click.argument("batch", required=False)
+@ledger_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="text for the terminal; csv or json, one row per job; md to paste; "
+    "html, a gallery of the videos.",
+)
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE",
+    help="Write the report to FILE (atomically) instead of standard output; '-' is "
+    f"standard output. HTML defaults to {HTML_NAME} in the batch's video folder.",
+)
+def report(batch: str | None, ledger: str | None, fmt: str, output: str | None) -> None:
+    """Report on BATCH from the ledger: what came out, what failed and why, what it cost.
+
+    BATCH may be left out when the ledger holds a single batch. Reading is
+    safe while a run is going on; nothing is sent and nothing is changed.
+
+    \b
+    text  states, per-model success rate and render time p50/p95, output
+          seconds, estimated cost, failures by reason, and what to do next
+    csv   one row per job (every field worth filtering on; stable columns)
+    json  an array with one object per job
+    md    a summary table and failure list for an issue or a chat
+    html  a self-contained gallery laid out on the manifest's matrix: each
+          cell plays the downloaded video (linked by relative path)
+
+    Exit 0 when the report is made; 2 when there is no ledger, no such batch,
+    or the batch has no jobs.
+    """
+    data = _read(ledger_path_of(ledger), batch)
+    if output is None and fmt == "html":
+        output = str(Path(data.batch.output_dir) / HTML_NAME)
+    if output is None or output == "-":
+        click.echo(render(data, fmt), nl=False)
+        return
+    path = Path(output)
+    try:
+        write_atomically(path, render(data, fmt, html_path=path))
+    except OSError as exc:
+        raise ReportUsageError(f"cannot write {path}: {exc}") from exc
+    click.echo(f"wrote {path} ({data.total} jobs, {fmt})", err=True)

@@ -1,0 +1,346 @@
+"""``batchvid run``: the command that drives a batch through the API to the end.
+
+Printing, signals and the live display live here; the work is in
+:mod:`batchvid.run.batch` and :mod:`batchvid.run.dispatcher`.  ``status`` and ``retry``,
+which only read and edit the ledger, are in :mod:`batchvid.cli.ledger`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from ..errors import BatchvidError, ManifestError
+from ..ledger.store import DEFAULT_LEDGER, Ledger
+from ..manifest.model import Limits
+from ..manifest.plan import batch_name_of, load_plan
+from ..report.advice import next_steps
+from ..run.batch import (
+    DEFAULT_BASE_URL,
+    Endpoint,
+    Prepared,
+    batch_lock,
+    open_ledger,
+    options_for,
+    prepare,
+    prepare_resume_only,
+    run_batch,
+)
+from ..run.dispatcher import Runner
+from ..run.options import RunOptions, RunReport, Snapshot
+from ..states import TERMINAL_STATES, JobState
+from ..text import span
+from .common import ORDER as _ORDER
+from .common import Exit, print_issues
+from .common import count as _count
+from .ledger import ledger_option, ledger_path_of
+
+__all__ = ["exit_code_of", "run"]
+
+
+def exit_code_of(report: RunReport) -> int:
+    """DESIGN.md's exit code for a run that ended (a 401 or a refusal never gets here)."""
+    if report.interrupted:
+        return Exit.INTERRUPTED
+    return Exit.OK if report.all_done else Exit.UNFINISHED
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="Run against the built-in simulator (in-process, 127.0.0.1, renders 100x faster). "
+    "No key, no cost; the videos are real, tiny MP4s.",
+)
+@click.option(
+    "--base-url",
+    metavar="URL",
+    help=f"API base URL [env COMETAPI_BASE_URL; default {DEFAULT_BASE_URL}].",
+)
+@ledger_option
+@click.option(
+    "--rate-per-minute",
+    type=click.FloatRange(min=0),
+    help="API requests per minute, all kinds together; 0 for no limit "
+    "[manifest limits; default 60].",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Requests in flight at once [manifest limits; default 8].",
+)
+@click.option(
+    "--max-active",
+    type=click.IntRange(min=1),
+    help="Tasks rendering upstream at once [manifest limits.max_active_tasks; default 32].",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=10),
+    metavar="SECONDS",
+    help="The least time between two polls of one task; at least 10, as the docs "
+    "suggest [manifest limits; default 10]. When to poll is learned from render times.",
+)
+@click.option(
+    "--no-download", is_flag=True, help="Stop at 'completed': do not download the videos."
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True, max=1),
+    metavar="FACTOR",
+    help="For a simulator started with the same --time-scale: shrink every wait the "
+    "runner itself chooses (poll spacing, the first poll, max_wait, the rate window). "
+    "Leave at 1 for CometAPI.",
+)
+def run(
+    manifest: str,
+    simulate: bool,
+    base_url: str | None,
+    ledger: str | None,
+    rate_per_minute: float | None,
+    concurrency: int | None,
+    max_active: int | None,
+    poll_interval: float | None,
+    no_download: bool,
+    time_scale: float | None,
+) -> None:
+    """Submit, poll and download every job of MANIFEST; resumable at any time.
+
+    Jobs are recorded in the ledger before anything is sent. Run the same
+    command again after an interruption (Ctrl-C, a crash, a sleeping laptop):
+    finished jobs are skipped, tasks already created are polled and
+    downloaded, and nothing is created twice. An edited manifest adds only
+    its new jobs.
+
+    A create whose answer was lost is marked in_doubt and never retried on
+    its own: it may have been billed. `batchvid retry BATCH --in-doubt`
+    resubmits such jobs when you decide to.
+
+    \b
+    Exit codes: 0 every job downloaded; 1 finished, but some jobs failed,
+    were rejected, stalled or are in doubt; 2 invalid manifest or usage;
+    3 the API refused the key; 130 interrupted (the ledger is consistent).
+
+    \b
+    The API key comes from COMETAPI_KEY and is sent only to the API host.
+    """
+    ledger_path = ledger_path_of(ledger)
+    endpoint = _endpoint(simulate, base_url)
+    overrides: dict[str, Any] = {
+        "rate_per_minute": rate_per_minute,
+        "concurrency": concurrency,
+        "max_active": max_active,
+        "poll_interval": poll_interval,
+    }
+
+    def options_from(limits: Limits, budget: float | None) -> RunOptions:
+        options = options_for(limits, overrides)
+        if rate_per_minute == 0:
+            options = replace(options, rate_per_minute=None)
+        options = replace(options, download=not no_download, budget_usd=budget)
+        return options if time_scale is None else replace(options, time_scale=time_scale)
+
+    try:
+        plan = load_plan(manifest)
+    except ManifestError as exc:
+        _finish_paid_work(exc, manifest, ledger_path, endpoint, options_from)
+        raise  # nothing waits on the API: the CLI group prints every issue, exit 2
+    print_issues(plan.warnings)
+    options = options_from(plan.manifest.limits, plan.manifest.budget_usd)
+    with open_ledger(ledger_path) as store, batch_lock(ledger_path, plan.batch):
+        prepared = prepare(store, plan, endpoint, ledger_path)
+        _announce(plan.batch, len(plan.jobs), prepared, endpoint, ledger_path)
+        report = anyio.run(_run_with_display, store, prepared, endpoint, options)
+    _print_summary(report, ledger_path, manifest)
+    click.get_current_context().exit(exit_code_of(report))
+
+
+def _endpoint(simulate: bool, base_url: str | None) -> Endpoint:
+    """Where the requests go: the simulator, or the API with the key from the environment."""
+    if simulate and base_url:
+        raise click.UsageError("--simulate runs its own simulator: leave out --base-url")
+    key = os.environ.get("COMETAPI_KEY")
+    if not simulate and not key:
+        raise click.UsageError("set COMETAPI_KEY to your CometAPI key, or use --simulate")
+    return Endpoint(
+        base_url=base_url or os.environ.get("COMETAPI_BASE_URL") or DEFAULT_BASE_URL,
+        api_key=key,
+        simulate=simulate,
+    )
+
+
+def _announce(
+    batch: str, jobs: int, prepared: Prepared, endpoint: Endpoint, ledger_path: Path
+) -> None:
+    where = "the built-in simulator" if endpoint.simulate else endpoint.name
+    dropped = (
+        f"; {prepared.dropped_jobs} never-sent jobs no longer in the manifest dropped"
+        if prepared.dropped_jobs
+        else ""
+    )
+    click.echo(
+        f"batch {batch}: {_count(jobs, 'job')} "
+        f"({prepared.new_jobs} new{dropped}) against {where}; ledger {ledger_path}",
+        err=True,
+    )
+
+
+def _finish_paid_work(
+    error: ManifestError,
+    manifest: str,
+    ledger_path: Path,
+    endpoint: Endpoint,
+    options_from: Callable[[Limits, float | None], RunOptions],
+) -> None:
+    """An invalid manifest submits nothing, but tasks already paid for are still finished.
+
+    Returns (so the caller reports the errors) when the ledger has nothing of
+    this batch waiting on the API; otherwise finishes it and exits 2 (or 130).
+    """
+    batch = batch_name_of(manifest)
+    if batch is None or not ledger_path.exists():
+        return
+    with open_ledger(ledger_path) as store, batch_lock(ledger_path, batch):
+        prepared = prepare_resume_only(store, batch, endpoint)
+        if prepared is None:
+            return
+        row = store.get_batch(batch)
+        assert row is not None
+        limits = Limits(**{k: v for k, v in row.limits.items() if k in Limits.__slots__})
+        options = replace(options_from(limits, row.budget_usd), submit=False)
+        print_issues(error.issues)
+        click.echo(
+            "the manifest has errors (above), so nothing new is submitted; finishing the "
+            f"jobs of batch {batch} that were already sent",
+            err=True,
+        )
+        report = anyio.run(_run_with_display, store, prepared, endpoint, options)
+    _print_summary(report, ledger_path, manifest)
+    click.echo("fix the manifest and run again to submit the rest", err=True)
+    click.get_current_context().exit(Exit.INTERRUPTED if report.interrupted else Exit.USAGE)
+
+
+async def _run_with_display(
+    store: Ledger, prepared: Any, endpoint: Endpoint, options: Any
+) -> RunReport:
+    reports: list[RunReport] = []
+    errors: list[BatchvidError] = []
+    async with anyio.create_task_group() as tg:
+
+        def attach(runner: Runner) -> None:
+            tg.start_soon(_watch_signals, runner)
+            tg.start_soon(_show_progress, runner)
+
+        try:
+            reports.append(await run_batch(store, prepared, endpoint, options, on_runner=attach))
+        except BatchvidError as exc:  # raised after the group, not wrapped in an ExceptionGroup
+            errors.append(exc)
+        tg.cancel_scope.cancel()
+    if errors:
+        raise errors[0]
+    return reports[0]
+
+
+async def _watch_signals(runner: Runner) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if runner.stop_requested:
+                click.echo("\nsecond interrupt: exiting now (the ledger is consistent)", err=True)
+                os._exit(130)
+            name = signal.Signals(signum).name
+            click.echo(
+                f"\n{name}: finishing the requests in flight, then stopping "
+                "(interrupt again to quit at once)",
+                err=True,
+            )
+            runner.request_stop()
+
+
+async def _show_progress(runner: Runner) -> None:
+    if sys.stderr.isatty():
+        await _live_display(runner)
+        return
+    last = ""
+    while True:
+        await anyio.sleep(10.0)
+        line = _progress_line(runner.snapshot())
+        if line != last:
+            click.echo(line, err=True)
+            last = line
+
+
+async def _live_display(runner: Runner) -> None:
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(stderr=True)
+
+    def render() -> Group:
+        snap = runner.snapshot()
+        table = Table.grid(padding=(0, 2))
+        table.add_row(*(Text(s, style="bold") for s in _shown_states(snap)))
+        table.add_row(*(str(snap.counts.get(s, 0)) for s in _shown_states(snap)))
+        parts: list[Any] = [Text(f"batch {snap.batch}"), table, Text(_rate_eta(snap))]
+        for failure in snap.recent_failures[-4:]:
+            parts.append(Text(f"  ! {failure}", style="red"))
+        return Group(*parts)
+
+    with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
+        while True:
+            await anyio.sleep(0.25)
+            live.update(render())
+
+
+def _shown_states(snap: Snapshot) -> list[str]:
+    return [s for s in _ORDER if snap.counts.get(s, 0)] or ["pending"]
+
+
+def _rate_eta(snap: Snapshot) -> str:
+    done = snap.finished_this_run
+    remaining = sum(n for s, n in snap.counts.items() if s not in TERMINAL_STATES)
+    text = f"{snap.in_flight} in flight, {done} finished this run in {snap.elapsed_s:.0f} s"
+    if done and snap.elapsed_s > 0 and remaining:
+        per_min = done / snap.elapsed_s * 60
+        eta = remaining / (done / snap.elapsed_s)
+        text += f" ({per_min:.1f}/min, about {span(eta)} left)"
+    return text
+
+
+def _progress_line(snap: Snapshot) -> str:
+    counts = " ".join(f"{s}={snap.counts[s]}" for s in _ORDER if snap.counts.get(s))
+    return f"[{time.strftime('%H:%M:%S')}] {snap.batch}: {counts}; {_rate_eta(snap)}"
+
+
+def _print_summary(report: RunReport, ledger_path: Path, manifest: str) -> None:
+    counts = " ".join(f"{s}={report.counts[s]}" for s in _ORDER if report.counts.get(s))
+    total = sum(report.counts.values())
+    head = "interrupted" if report.interrupted else "finished"
+    took = span(report.elapsed_s)
+    click.echo(f"\n{report.batch}: {head} in {took}: {_count(total, 'job')}: {counts}")
+    downloaded = report.counts.get("downloaded", 0)
+    if downloaded:
+        click.echo(f"videos: {report.output_dir} ({_count(downloaded, 'file')})")
+    for failure in report.failures[-8:]:
+        click.echo(f"  ! {failure}")
+    by_state = {JobState(s): n for s, n in report.counts.items()}
+    if not report.download:  # completed is where this run meant to stop
+        by_state.pop(JobState.COMPLETED, None)
+    for step in next_steps(report.batch, manifest, by_state):
+        n = sum(by_state.get(s, 0) for s in step.states)
+        click.echo(f"- {step.title} ({n}): {step.why}; {step.command.replace('`', '')}")
+    if report.budget_blocked:
+        click.echo("- the budget stopped further submissions (raise budget_usd to go on)")
+    if ledger_path != Path(os.environ.get("BATCHVID_LEDGER") or DEFAULT_LEDGER):
+        click.echo(f"ledger: {ledger_path}")

@@ -1,0 +1,28 @@
+"""The SQLite ledger: every batch, job and state change, durable across any crash.
+
+Owns: the file (WAL, pragmas, append-only migrations: ``schema``), the typed
+rows it takes and hands out (``rows``), its reads (``queries``) and every
+write, each state change a named transition checked against
+:data:`batchvid.states.TRANSITIONS` (``store``).  The only SQL in batchvid.
+
+May import: the shared vocabulary (``batchvid.errors``, ``states``,
+``request``) and sqlite-utils (for migrations).  Nothing else in batchvid.
+"""
+
+from __future__ import annotations
+
+from .rows import BatchRow, Event, JobRow, NewJob, RenderSample, StoredReference, utc_iso
+from .store import DEFAULT_LEDGER, Ledger, open_ledger
+
+__all__ = [
+    "DEFAULT_LEDGER",
+    "BatchRow",
+    "Event",
+    "JobRow",
+    "Ledger",
+    "NewJob",
+    "RenderSample",
+    "StoredReference",
+    "open_ledger",
+    "utc_iso",
+]

@@ -1,0 +1,241 @@
+"""The ledger's read side: the queries the runner, ``status`` and reports ask.
+
+Each is shaped for an index (see ``ledger_schema``), so deciding what to do
+next on a 100,000-job ledger takes milliseconds.  Writes live in ``ledger``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Final
+
+from ..errors import LedgerError
+from ..states import ACTIVE_STATES, POLLING_STATES, TASK_STATES, JobState, chain_problem
+from .core import LedgerCore
+from .rows import JOB_COLUMNS, BatchRow, Event, JobRow, RenderSample
+
+__all__ = ["RENDER_SAMPLES", "LedgerQueries"]
+
+#: How many recent completions of one kind ``render_samples`` returns.
+RENDER_SAMPLES: Final = 64
+_PAGE: Final = 1000
+
+
+def _states_sql(states: Iterable[JobState]) -> str:
+    return ", ".join(f"'{s.value}'" for s in sorted(states))
+
+
+_POLLING_SQL: Final = _states_sql(POLLING_STATES)
+_ACTIVE_SQL: Final = _states_sql(ACTIVE_STATES)
+
+
+class LedgerQueries(LedgerCore):
+    """The reads of :class:`batchvid.ledger.Ledger`: all a report needs (read-only is enough)."""
+
+    def _rows(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | tuple[Any, ...] = (),
+        *,
+        tuples: bool = False,
+    ) -> list[Any]:
+        """Every row of a query: ``sqlite3.Row`` objects, or plain tuples (cheaper) if asked."""
+        with self._lock:
+            try:
+                cursor = self._conn.cursor()
+                if tuples:
+                    cursor.row_factory = None
+                return cursor.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger {self.path}: {exc}") from exc
+
+    def get_batch(self, name: str) -> BatchRow | None:
+        rows = self._rows("SELECT * FROM batches WHERE name = ?", (name,))
+        return BatchRow.from_row(rows[0]) if rows else None
+
+    def batches(self) -> list[BatchRow]:
+        return [BatchRow.from_row(r) for r in self._rows("SELECT * FROM batches ORDER BY name")]
+
+    def get_job(self, job_id: int) -> JobRow:
+        rows = self._rows(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise LedgerError(f"no job with id {job_id}")
+        return JobRow.from_row(rows[0])
+
+    def job_by_key(self, batch: str, key: str) -> JobRow | None:
+        rows = self._rows(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE batch = ? AND key = ?", (batch, key)
+        )
+        return JobRow.from_row(rows[0]) if rows else None
+
+    def jobs(self, batch: str) -> Iterator[JobRow]:
+        """Every job of a batch, by index; read in pages, so the ledger stays writable."""
+        after: tuple[int, int] = (-(2**62), 0)
+        while True:
+            page = [
+                JobRow.from_row(row)
+                for row in self._rows(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE batch = ? AND (idx, id) > (?, ?)"
+                    " ORDER BY idx, id LIMIT ?",
+                    (batch, *after, _PAGE),
+                    tuples=True,
+                )
+            ]
+            yield from page
+            if len(page) < _PAGE:
+                return
+            after = (page[-1].idx, page[-1].id)
+
+    def events(self, job_id: int) -> list[Event]:
+        rows = self._rows("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,))
+        return [Event.from_row(r) for r in rows]
+
+    def pending_jobs(self, batch: str, limit: int) -> list[JobRow]:
+        """The next jobs to submit, in manifest order."""
+        return self._jobs_where("state = 'pending'", "idx, id", batch, limit)
+
+    def due_polls(self, batch: str, now: float | None = None, limit: int = 100) -> list[JobRow]:
+        """Live tasks whose ``next_poll_at`` has come, the most overdue first."""
+        at = self._clock() if now is None else now
+        return self._jobs_where(
+            f"state IN ({_POLLING_SQL}) AND next_poll_at <= :at",
+            "next_poll_at, id",
+            batch,
+            limit,
+            at,
+        )
+
+    def completed_jobs(self, batch: str, limit: int) -> list[JobRow]:
+        """Jobs to download: the soonest-expiring URL first, unknown expiry last."""
+        # Pinned to the partial index of completed jobs: statistics gathered while
+        # nearly every job was downloaded would otherwise suggest a full scan.
+        return self._jobs_where(
+            "state = 'completed'",
+            "video_url_expires_at IS NULL, video_url_expires_at, idx, id",
+            batch,
+            limit,
+            index="jobs_download_queue",
+        )
+
+    def _jobs_where(
+        self,
+        where: str,
+        order: str,
+        batch: str,
+        limit: int,
+        at: float | None = None,
+        *,
+        index: str | None = None,
+    ) -> list[JobRow]:
+        indexed = f" INDEXED BY {index}" if index else ""
+        rows = self._rows(
+            f"SELECT {JOB_COLUMNS} FROM jobs{indexed} WHERE batch = :batch AND {where}"
+            f" ORDER BY {order} LIMIT :limit",
+            {"batch": batch, "limit": limit, "at": at},
+            tuples=True,
+        )
+        return [JobRow.from_row(r) for r in rows]
+
+    def jobs_in_states(
+        self, batch: str, states: Iterable[JobState], limit: int | None = None
+    ) -> list[JobRow]:
+        """The batch's jobs in any of ``states``, by index (at most ``limit``; None: all)."""
+        return self._jobs_where(
+            f"state IN ({_states_sql(states)})", "idx, id", batch, -1 if limit is None else limit
+        )
+
+    def next_poll_time(self, batch: str) -> float | None:
+        """The earliest ``next_poll_at`` among the batch's live tasks (``None``: none)."""
+        row = self._rows(
+            f"SELECT min(next_poll_at) FROM jobs WHERE batch = ? AND state IN ({_POLLING_SQL})",
+            (batch,),
+        )
+        value: float | None = row[0][0]
+        return value
+
+    def active_count(self, batch: str) -> int:
+        """Jobs holding a task slot: submitting, queued, in_progress."""
+        rows = self._rows(
+            f"SELECT count(*) FROM jobs WHERE batch = ? AND state IN ({_ACTIVE_SQL})", (batch,)
+        )
+        return int(rows[0][0])
+
+    def counts(self, batch: str) -> dict[JobState, int]:
+        """How many jobs of the batch are in each state (every state listed, zeros too)."""
+        found = dict(
+            self._rows("SELECT state, count(*) FROM jobs WHERE batch = ? GROUP BY state", (batch,))
+        )
+        return {s: int(found.get(s.value, 0)) for s in JobState}
+
+    def status(self, batch: str) -> dict[str, Any]:
+        """DESIGN's ``status --json`` object: ``{"batch", "total", "states": {...}}``."""
+        if self.get_batch(batch) is None:
+            raise LedgerError(f"no batch named {batch!r} in {self.path}")
+        counts = self.counts(batch)
+        return {
+            "batch": batch,
+            "total": sum(counts.values()),
+            "states": {s.value: n for s, n in counts.items()},
+        }
+
+    def statuses(self) -> list[dict[str, Any]]:
+        """``status`` of every batch, by name."""
+        return [self.status(b.name) for b in self.batches()]
+
+    def committed_cost(self, batch: str) -> float:
+        """USD the batch has committed: ``est_cost_usd`` times every attempt that may bill.
+
+        In flight, in doubt, live, finished and failed attempts all count; a
+        ``release_unsent`` or ``rejected`` attempt does not.  Unpriced jobs count 0.
+        """
+        rows = self._rows(
+            "SELECT total(est_cost_usd * billable_attempts) FROM jobs WHERE batch = ?", (batch,)
+        )
+        return float(rows[0][0])
+
+    def render_samples(
+        self, model: str, seconds: int, resolution: str, limit: int = RENDER_SAMPLES
+    ) -> list[RenderSample]:
+        """The render-time evidence of the latest ``limit`` completions of one kind, oldest first.
+
+        From the whole ledger (every batch): what finished tasks proved about
+        their render time (see :func:`batchvid.run.render_times.observe`).
+        """
+        rows = self._rows(
+            """SELECT render_lo_s, render_hi_s,
+                coalesce(server_completed_at > server_created_at, 0) FROM jobs
+            INDEXED BY jobs_render_samples
+            WHERE model = ? AND seconds = ? AND resolution = ? AND render_hi_s IS NOT NULL
+            ORDER BY completed_utc DESC LIMIT ?""",
+            (model, seconds, resolution, limit),
+            tuples=True,
+        )
+        return [RenderSample(lo, hi, bool(stamped)) for lo, hi, stamped in reversed(rows)]
+
+    def verify(self) -> list[str]:
+        """Everything wrong with the file: SQLite integrity, and every job against its events.
+
+        Empty when the ledger is consistent.  Reads the whole ledger: a check, not a hot path.
+        """
+        problems = [
+            f"integrity: {r[0]}" for r in self._rows("PRAGMA integrity_check") if r[0] != "ok"
+        ]
+        problems += [f"foreign key: {tuple(r)}" for r in self._rows("PRAGMA foreign_key_check")]
+        steps: dict[int, list[tuple[str, str]]] = {}
+        for job_id, src, dst in self._rows(
+            "SELECT job_id, from_state, to_state FROM events ORDER BY job_id, id"
+        ):
+            steps.setdefault(job_id, []).append((src, dst))
+        for job_id, state, task_id, attempts, billable in self._rows(
+            "SELECT id, state, task_id, attempts, billable_attempts FROM jobs"
+        ):
+            current = JobState(state)
+            if (task_id is not None) != (current in TASK_STATES):
+                problems.append(f"job {job_id}: {current} with task id {task_id!r}")
+            if billable > attempts:
+                problems.append(f"job {job_id}: {billable} billable of {attempts} attempts")
+            chain = chain_problem(current, steps.get(job_id, []))
+            if chain:
+                problems.append(f"job {job_id}: {chain}")
+        return problems

@@ -1,0 +1,181 @@
+"""The manifest's vocabulary: its keys, and what a parsed manifest is made of.
+
+Plain data (:class:`Manifest`, :class:`PromptEntry`, :class:`Setting`,
+:class:`Axis`, :class:`Reference`, :class:`Limits`) and the keys each level
+accepts; :mod:`batchvid.manifest.parse` fills them in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from .source import (
+    Node,
+    ScalarNode,
+    kind,
+)
+
+__all__ = [
+    "BATCH_NAME",
+    "DURATION",
+    "DURATION_UNITS",
+    "LIMIT_KEYS",
+    "MAX_REPEAT",
+    "PROMPT_KEYS",
+    "SETTING_KEYS",
+    "TOP_KEYS",
+    "VAR_NAME",
+    "Axis",
+    "Limits",
+    "Manifest",
+    "PromptEntry",
+    "Reference",
+    "Setting",
+    "hashable",
+    "show",
+    "suggest",
+]
+
+TOP_KEYS: Final = (
+    "version",
+    "batch",
+    "output_dir",
+    "defaults",
+    "matrix",
+    "prompts",
+    "repeat",
+    "limits",
+    "pricing",
+    "budget_usd",
+)
+#: The API fields a manifest may set (``prompt`` is set only per prompt).
+SETTING_KEYS: Final = ("model", "seconds", "size", "resolution", "input_reference")
+PROMPT_KEYS: Final = ("id", "prompt", *SETTING_KEYS, "matrix", "repeat")
+LIMIT_KEYS: Final = (
+    "rate_per_minute",
+    "concurrency",
+    "max_active_tasks",
+    "max_wait",
+    "poll_interval",
+)
+BATCH_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+VAR_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+DURATION_UNITS: Final = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_REPEAT: Final = 1000
+
+
+def suggest(word: str, candidates: Iterable[str], *, listing: bool = False) -> str:
+    """``" (did you mean `x`?)"`` for a near miss of ``word``.
+
+    With no near miss: ``""``, or with ``listing`` the whole list of choices.
+    """
+    choices = list(candidates)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.7)
+    if close:
+        return f" (did you mean `{close[0]}`?)"
+    return f" (expected one of: {', '.join(choices)})" if listing else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A reference image: the path as written, the resolved file, and its content."""
+
+    name: str
+    path: Path
+    sha256: str
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One API field value and where it was written (for error messages)."""
+
+    value: Any
+    line: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Axis:
+    """A matrix key and its values; ``api`` says whether it is an API field."""
+
+    name: str
+    values: tuple[Setting, ...]
+    line: int
+    path: str
+
+    @property
+    def api(self) -> bool:
+        return self.name in SETTING_KEYS
+
+
+@dataclass(frozen=True, slots=True)
+class PromptEntry:
+    """One item of ``prompts``: its text, overrides, own matrix axes and takes."""
+
+    position: int
+    text: str
+    line: int
+    id: str | None = None
+    settings: dict[str, Setting] = field(default_factory=dict)
+    matrix: tuple[Axis, ...] = ()
+    repeat: int | None = None
+
+    @property
+    def path(self) -> str:
+        return f"prompts[{self.position}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """``limits``: how hard to push the API. ``None`` means "use the CLI/default"."""
+
+    rate_per_minute: float | None = None
+    concurrency: int | None = None
+    max_active_tasks: int | None = None
+    max_wait: float | None = None
+    poll_interval: float | None = None
+
+
+@dataclass(slots=True)
+class Manifest:
+    """A parsed manifest. Fields that failed to parse hold their defaults."""
+
+    path: Path
+    file: str
+    sha256: str
+    version: int = 1
+    batch: str = ""
+    output_dir: Path | None = None
+    defaults: dict[str, Setting] = field(default_factory=dict)
+    matrix: tuple[Axis, ...] = ()
+    prompts: list[PromptEntry] = field(default_factory=list)
+    repeat: int = 1
+    limits: Limits = field(default_factory=Limits)
+    #: model id (or id prefix) -> USD per output second, or {resolution: USD}.
+    pricing: dict[str, float | dict[str, float]] = field(default_factory=dict)
+    budget_usd: float | None = None
+    lines: dict[str, int] = field(default_factory=dict)
+    #: Paths of values that were written but invalid (already reported), so that
+    #: expansion does not report their absence as a second, misleading error.
+    invalid: set[str] = field(default_factory=set)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def show(node: Node) -> str:
+    return repr(node.value) if isinstance(node, ScalarNode) else kind(node)
+
+
+def hashable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(getattr(v, "sha256", v) for v in value)
+    return value

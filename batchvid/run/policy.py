@@ -1,0 +1,161 @@
+"""The run's smaller policies, as plain objects: slots, the budget, back-offs.
+
+No I/O and no clock of their own: every method takes the time as an argument,
+so tests drive them with a fake clock.  The dispatcher asks them and does the
+waiting; when to poll a task is :mod:`batchvid.run.poll_policy`.
+
+- :func:`poll_share`: the slots polls get before submissions;
+- :class:`Budget`: jobs picked to submit but not sent yet, and the budget they claim;
+- :class:`SubmitPause`: creates that keep failing before reaching the API
+  back off every submission, longer with each setback in a row;
+- :class:`DownloadRetries`: a job's downloads in this run, their next try and
+  when they are spent.
+
+Back-offs follow one formula, :meth:`batchvid.remote.protocol.RetryPolicy.wait`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from ..remote.protocol import RetryPolicy
+
+__all__ = [
+    "DOWNLOAD_BACKOFF",
+    "MAX_SUBMIT_PAUSE_S",
+    "SUBMIT_BACKOFF",
+    "Budget",
+    "DownloadRetries",
+    "SubmitPause",
+    "poll_share",
+]
+
+#: Submissions after a setback: 2 s, 4 s, 8 s ... up to 5 minutes.
+SUBMIT_BACKOFF: Final = RetryPolicy(wait_initial=2.0, wait_max=300.0, wait_jitter=0.0)
+#: Longest a server's Retry-After holds back submissions (a longer one is more likely a
+#: skewed clock than a real request; the next 429 says so again if it is real).
+MAX_SUBMIT_PAUSE_S: Final = 3600.0
+#: A job's next download after a failed one: 4 s, 8 s ... up to 2 minutes, +-1 s.
+DOWNLOAD_BACKOFF: Final = RetryPolicy(wait_initial=4.0, wait_max=120.0, wait_jitter=1.0)
+
+
+def poll_share(concurrency: int, polling: int) -> int:
+    """Free slots offered to polls before submissions: a quarter of ``concurrency``.
+
+    At least one; none at concurrency 1, where submissions simply come first
+    (up to ``max_active``).  Slots already polling (``polling``) count towards it.
+    """
+    if concurrency < 2:
+        return 0
+    return max(0, max(1, concurrency // 4) - polling)
+
+
+@dataclass(slots=True)
+class Budget:
+    """Jobs picked for submission whose create has not left yet, and what they may cost.
+
+    The ledger counts every attempt that may bill once its intent is recorded
+    (``committed``); a claim covers the moment before that.  ``limit`` is the
+    manifest's ``budget_usd`` (``None``: no budget).  Once a claim is refused,
+    the budget is spent for the rest of the run.
+    """
+
+    limit: float | None = None
+    claims: int = 0
+    claimed_usd: float = 0.0
+    spent: bool = False
+
+    def room(self, max_active: int, active: int) -> int:
+        """How many more jobs may be picked: the active-task cap less live tasks and claims."""
+        return max_active - active - self.claims
+
+    def claim(self, cost: float | None, committed: float) -> bool:
+        """Pick one job costing ``cost`` when ``committed`` USD are already in the ledger."""
+        cost = cost or 0.0
+        if self.limit is not None and committed + self.claimed_usd + cost > self.limit + 1e-9:
+            self.spent = True
+            return False
+        self.claims += 1
+        self.claimed_usd += cost
+        return True
+
+    def release(self, cost: float | None) -> None:
+        """A picked job was sent (the ledger counts it now) or is pending again."""
+        self.claims -= 1
+        self.claimed_usd -= cost or 0.0
+
+
+@dataclass(slots=True)
+class SubmitPause:
+    """Creates that keep failing before reaching the API hold back every submission.
+
+    Each setback in a row doubles the pause (:data:`SUBMIT_BACKOFF`); a server's
+    ``Retry-After`` is a floor (up to :data:`MAX_SUBMIT_PAUSE_S`).  A create
+    that gets an answer resets it.
+    """
+
+    scale: float = 1.0
+    setbacks: int = 0
+    until: float = 0.0
+
+    def setback(self, now: float, retry_after: float | None = None) -> float:
+        """Record a setback at ``now``; the time submissions may start again."""
+        self.setbacks += 1
+        pause = SUBMIT_BACKOFF.scaled(self.scale).wait(self.setbacks)
+        if retry_after is not None:
+            pause = max(pause, min(retry_after, MAX_SUBMIT_PAUSE_S * self.scale))
+        self.until = max(self.until, now + pause)
+        return self.until
+
+    def reset(self) -> None:
+        self.setbacks = 0
+
+    def paused(self, now: float) -> bool:
+        return now < self.until
+
+
+@dataclass(slots=True)
+class DownloadRetries:
+    """Each job's download tries in this run: when the next is due, and when they are spent.
+
+    A job gets ``attempts`` tries per run (each with its own transfer retries
+    and URL refreshes inside); after that it stays ``completed`` for the next run.
+    """
+
+    attempts: int = 5
+    scale: float = 1.0
+    tries: dict[int, int] = field(default_factory=dict)
+    after: dict[int, float] = field(default_factory=dict)
+
+    def failed(self, job_id: int, now: float, draw: float) -> float | None:
+        """Record a failed try; when the next is due (``None``: spent for this run)."""
+        tries = self.tries.get(job_id, 0) + 1
+        self.tries[job_id] = tries
+        if tries >= self.attempts:
+            self.after.pop(job_id, None)
+            return None
+        due = now + DOWNLOAD_BACKOFF.scaled(self.scale).wait(tries, draw)
+        self.after[job_id] = due
+        return due
+
+    def succeeded(self, job_id: int) -> None:
+        self.after.pop(job_id, None)
+
+    def spent(self, job_id: int) -> bool:
+        return self.tries.get(job_id, 0) >= self.attempts
+
+    def ready(self, job_id: int, now: float) -> bool:
+        """Whether the job may be tried now (not waiting out a back-off, not spent)."""
+        return not self.spent(job_id) and self.after.get(job_id, 0.0) <= now
+
+    def spent_count(self, excluding: set[int]) -> int:
+        return sum(1 for j in self.tries if self.spent(j) and j not in excluding)
+
+    def any_due(self, now: float) -> bool:
+        return any(at <= now for at in self.after.values())
+
+    def next_due(self, now: float) -> float | None:
+        """The earliest back-off still ahead of ``now``."""
+        ahead = [at for at in self.after.values() if at > now]
+        return min(ahead) if ahead else None

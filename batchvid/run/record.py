@@ -1,0 +1,253 @@
+"""What each worker's outcome means for its job: ledger transitions, and the run's policies.
+
+The dispatcher hands every outcome here as soon as its worker returns, with no
+other ledger step in between (a create's task id is recorded first).  The
+:class:`Recorder` writes the ledger's named transitions, teaches the render
+book, and keeps the run's :class:`Tally`: failures to show, jobs set aside,
+hints for the dispatcher's next look, and whether the whole run must stop.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ApiError, AuthError, RetryableError, ServiceRefused
+from ..ledger.rows import JobRow
+from ..ledger.store import Ledger
+from ..remote.protocol import Task, TaskStatus, failure_reason
+from ..remote.urls import url_expiry
+from ..text import clip
+from .policy import Budget, DownloadRetries, SubmitPause
+from .poll_policy import Combo, RenderBook
+from .render_times import observe
+from .workers import DownloadOutcome, Intent, PollOutcome, SubmitOutcome
+
+__all__ = ["Recorder", "Tally", "combo_of"]
+
+
+def combo_of(job: JobRow) -> Combo:
+    """The kind of render a job is: model, seconds, resolution."""
+    return (job.model, job.seconds, job.resolution)
+
+
+@dataclass(slots=True)
+class Tally:
+    """What this run has seen that its dispatcher acts on, and its summary shows."""
+
+    failures: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+    finished: int = 0
+    #: Jobs whose work failed unexpectedly: left alone until the next run.
+    quarantined: set[int] = field(default_factory=set)
+    #: Why every job must stop (401, or the service refusing creates).
+    fatal: AuthError | ServiceRefused | None = None
+    # Hints that spare the dispatcher queries that cannot find anything new:
+    # set when work of that kind may have appeared.
+    look_for_downloads: bool = True
+    look_for_pending: bool = True
+
+    def note(self, job: JobRow, message: str) -> None:
+        label = job.prompt_id or clip(job.prompt, 30)
+        self.failures.append(f"#{job.idx} {label}: {clip(message, 160)}")
+
+    def stop_everything(self, error: AuthError | ServiceRefused) -> None:
+        self.fatal = self.fatal or error
+
+
+@dataclass(slots=True)
+class Recorder:
+    """Turns outcomes into ledger transitions and policy updates (see the module docs)."""
+
+    ledger: Ledger
+    renders: RenderBook
+    budget: Budget
+    pause: SubmitPause
+    downloads: DownloadRetries
+    clock: Callable[[], float]
+    rng: random.Random
+    #: False: the run stops at ``completed`` (a job counts as finished there).
+    download: bool = True
+    tally: Tally = field(default_factory=Tally)
+
+    # -- creates ------------------------------------------------------------
+
+    def intent(self, job: JobRow) -> Intent:
+        """The create's intent: durable before the request leaves; the claim is spent then."""
+
+        def commit() -> None:
+            self.ledger.begin_submit(job.id)
+            self.budget.release(job.est_cost_usd)
+
+        return Intent(commit)
+
+    def submitted(
+        self, job: JobRow, intent: Intent, outcome: SubmitOutcome, first_poll: float
+    ) -> None:
+        """Record a create's outcome; ``first_poll`` was decided before it left."""
+        match outcome.kind:
+            case "created":
+                task = outcome.task
+                assert task is not None
+                # First, before anything else: the id of a paid task.
+                self.ledger.record_submitted(
+                    job.id,
+                    task.id,
+                    task.raw_status or None,
+                    self.clock() + first_poll,
+                    seen=task.status.job_state,
+                    server_created_at=task.created_at,
+                )
+                self.pause.reset()
+            case "rejected" if intent.sent:
+                self.ledger.record_rejected(job.id, outcome.code, outcome.reason)
+                self.tally.note(job, f"rejected: {outcome.reason}")
+            case "rejected":  # its own files cannot be sent: nothing left to try this run
+                self._unclaimed(job)
+                self.tally.quarantined.add(job.id)
+                self.tally.note(job, f"not submitted: {outcome.reason}")
+            case "in_doubt":
+                self.ledger.record_in_doubt(job.id, outcome.reason)
+                self.tally.note(job, f"in doubt: {outcome.reason}")
+            case "not_sent":
+                self._release(job, intent, outcome.reason)
+                if outcome.unexpected:
+                    self.tally.failures.append(f"#{job.idx}: {clip(outcome.reason, 160)}")
+                self.pause.setback(self.clock(), outcome.retry_after)
+            case "refused":
+                assert outcome.refusal is not None
+                self._release(job, intent, f"the API refused the create ({outcome.refusal})")
+                self.tally.stop_everything(outcome.refusal)
+
+    def lost_create(self, job: JobRow, intent: Intent) -> None:
+        """The run stopped (or a bug struck) while a create may have been in flight."""
+        if intent.sent:
+            self.ledger.record_in_doubt(job.id, "the run stopped while the create was in flight")
+        else:
+            self._unclaimed(job)
+
+    def _release(self, job: JobRow, intent: Intent, reason: str) -> None:
+        """No task was made: the job is pending again, unblamed."""
+        if intent.sent:
+            self.ledger.release_unsent(job.id, reason)
+            self.tally.look_for_pending = True
+        else:
+            self._unclaimed(job)
+
+    def _unclaimed(self, job: JobRow) -> None:
+        self.budget.release(job.est_cost_usd)
+        self.tally.look_for_pending = True
+
+    # -- polls --------------------------------------------------------------
+
+    def polled(self, job: JobRow, outcome: PollOutcome, asked_at: float) -> None:
+        """Record a poll's outcome (``asked_at``: when the request was made)."""
+        now = self.clock()
+        task = outcome.task
+        if outcome.kind == "vanished":
+            self.ledger.record_failed(job.id, "task_not_exist", outcome.reason)
+            self.tally.note(job, f"task {job.task_id} is unknown upstream")
+        elif task is None:
+            self._no_answer(job, outcome.error or ApiError(outcome.reason), asked_at)
+        elif task.status is TaskStatus.COMPLETED:
+            self._completed(job, task, now)
+        elif task.status in (TaskStatus.FAILED, TaskStatus.ERROR):
+            code, reason = failure_reason(task)
+            self.ledger.record_failed(job.id, code, reason, remote_status=task.raw_status)
+            self.tally.note(job, f"{code}: {reason}")
+        elif (stall := self._stall_reason(job, now)) is not None:
+            self.ledger.record_stalled(job.id, stall)
+            self.tally.note(job, f"stalled: {stall}")
+        else:
+            born = job.answered_at if job.answered_at is not None else job.watch_started_at
+            elapsed = now - (born if born is not None else now)
+            delay = self.renders.next_poll_delay(combo_of(job), elapsed, task.progress)
+            self.ledger.record_poll(
+                job.id, task.raw_status or None, task.progress, now + delay,
+                seen=task.status.job_state,
+            )  # fmt: skip
+
+    def _no_answer(self, job: JobRow, error: Exception, asked_at: float) -> None:
+        # The task may well be fine: ask again later; the stall rule still applies.
+        stall = self._stall_reason(job, asked_at)
+        if stall is not None:
+            self.ledger.record_stalled(job.id, f"{stall}; last answer: {error}")
+            self.tally.note(job, f"stalled: no usable answer ({error})")
+            return
+        retry_after = error.retry_after if isinstance(error, RetryableError) else None
+        later = self.renders.policy.retry_delay(retry_after, self.rng.random())
+        self.ledger.record_poll(
+            job.id, job.remote_status, job.progress, asked_at + later, seen_running=False
+        )
+        if not isinstance(error, RetryableError):
+            self.tally.note(job, f"poll answered {error}; will ask again")
+
+    def _completed(self, job: JobRow, task: Task, now: float) -> None:
+        """Record a task seen done, with what it proves about its render time."""
+        sample = estimate = None
+        if job.sent_at is not None and job.answered_at is not None:
+            sample = observe(
+                sent_at=job.sent_at,
+                answered_at=job.answered_at,
+                seen_done_at=now,
+                last_running_at=job.last_running_at,
+                server_created_at=(
+                    task.created_at if task.created_at is not None else job.server_created_at
+                ),
+                server_completed_at=task.completed_at,
+            )
+        if sample is not None:
+            estimate = self.renders.estimate(combo_of(job), sample)
+        self.ledger.record_completed(
+            job.id,
+            task.video_url,
+            task.url_expires_at,
+            remote_status=task.raw_status,
+            server_created_at=task.created_at,
+            server_completed_at=task.completed_at,
+            render=sample,
+            render_s=estimate,
+        )
+        self.tally.look_for_downloads = True
+        if not self.download:
+            self.tally.finished += 1
+        if sample is not None and job.answered_at is not None:
+            last = job.last_running_at
+            self.renders.learn(
+                combo_of(job),
+                sample,
+                created_at=job.answered_at,
+                last_running=None if last is None else (last - job.answered_at, job.progress),
+            )
+
+    def _stall_reason(self, job: JobRow, now: float) -> str | None:
+        if job.watch_started_at is None:
+            return None
+        return self.renders.stall_reason(
+            combo_of(job),
+            watched_s=now - job.watch_started_at,
+            created_at=job.answered_at if job.answered_at is not None else job.watch_started_at,
+        )
+
+    # -- downloads ----------------------------------------------------------
+
+    def downloaded(self, job: JobRow, outcome: DownloadOutcome) -> None:
+        """Record a download try: the file, a vanished task, or a failure to try again."""
+        if outcome.kind == "fetched" and outcome.result is not None:
+            result = outcome.result
+            self.downloads.succeeded(job.id)
+            self.ledger.record_downloaded(
+                job.id, str(result.path), result.size, result.sha256, refreshes=result.refreshes
+            )
+            self.tally.finished += 1
+        elif outcome.kind == "vanished":
+            self.ledger.record_failed(job.id, "task_not_exist", outcome.reason)
+            self.tally.note(job, "task vanished upstream before its download")
+        else:
+            if outcome.fresh_url is not None:
+                self.ledger.refresh_url(job.id, outcome.fresh_url, url_expiry(outcome.fresh_url))
+            self.ledger.record_download_error(job.id, outcome.reason)
+            if self.downloads.failed(job.id, self.clock(), self.rng.random()) is None:
+                tries = self.downloads.tries[job.id]
+                self.tally.note(job, f"download failed {tries} times: {outcome.reason}")

@@ -1,0 +1,155 @@
+"""The workers: one job's create, poll or download, as requests that return what happened.
+
+A worker sends its requests (through the client, its retries and the shared
+rate limiter) and returns an **outcome**; it never decides what the outcome
+means for the job: :mod:`batchvid.run.record` does, and writes the ledger.
+The one exception is a create's **intent** (:class:`Intent`): it must be
+committed after the limiter's grant and immediately before the request leaves,
+so the client calls it there.
+
+One outcome type per kind of work (:class:`SubmitOutcome`,
+:class:`PollOutcome`, :class:`DownloadOutcome`), each saying how it ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..errors import (
+    ApiError,
+    AuthError,
+    DownloadError,
+    InDoubtError,
+    RejectedError,
+    RetryableError,
+    ServiceRefused,
+    TaskNotFound,
+)
+from ..ledger.rows import JobRow
+from ..remote.client import CometClient
+from ..remote.download import DownloadResult
+from ..remote.protocol import Task, TaskStatus
+
+__all__ = ["DownloadOutcome", "Intent", "PollOutcome", "SubmitOutcome", "Workers"]
+
+
+@dataclass(slots=True)
+class Intent:
+    """A create's intent: ``commit`` runs once, right before the request first leaves."""
+
+    commit: Callable[[], None]
+    sent: bool = False
+
+    def __call__(self) -> None:
+        if not self.sent:
+            self.commit()
+            self.sent = True
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    """How a create ended; ``kind`` says which, the other fields say what came with it.
+
+    - ``created``: ``task`` is the new task;
+    - ``rejected``: the API refused the request itself (400: ``code``,
+      ``reason``), or the job's own files could not be sent;
+    - ``in_doubt``: sent, but the answer was lost (``reason``): a task may
+      exist, and be billed;
+    - ``not_sent``: no task was made (``reason``, the server's ``retry_after``;
+      ``unexpected`` when it was no refusal the API documents);
+    - ``refused``: 401, or 402/403/404/405/3xx on create (``refusal``): every
+      job would be refused the same way.
+    """
+
+    kind: Literal["created", "rejected", "in_doubt", "not_sent", "refused"]
+    task: Task | None = None
+    reason: str = ""
+    code: str | None = None
+    retry_after: float | None = None
+    unexpected: bool = False
+    refusal: AuthError | ServiceRefused | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollOutcome:
+    """How a poll ended: ``answered`` (``task``), ``vanished`` (the task id is unknown
+    upstream: ``reason``) or ``no_answer`` (a 429/5xx after the client's retries, or
+    an answer the docs do not describe: ``error``)."""
+
+    kind: Literal["answered", "vanished", "no_answer"]
+    task: Task | None = None
+    reason: str = ""
+    error: ApiError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadOutcome:
+    """How a download try ended: ``fetched`` (``result``), ``vanished`` (``reason``) or
+    ``failed`` (``reason``; ``fresh_url``: a signed URL a refresh gave meanwhile)."""
+
+    kind: Literal["fetched", "vanished", "failed"]
+    result: DownloadResult | None = None
+    reason: str = ""
+    fresh_url: str | None = None
+
+
+class Workers:
+    """Create, poll or download one job through ``client``."""
+
+    def __init__(self, client: CometClient) -> None:
+        self.client = client
+
+    async def submit(self, job: JobRow, intent: Intent) -> SubmitOutcome:
+        """Create the job's task.  ``intent`` is committed right before the request leaves.
+
+        Anything unexpected after the intent (an OSError mid-request, say) is in
+        doubt: the request may have reached the server.
+        """
+        try:
+            task = await self.client.create(job.to_request(), before_send=intent)
+        except (AuthError, ServiceRefused) as exc:
+            return SubmitOutcome("refused", reason=str(exc), refusal=exc)
+        except RejectedError as exc:
+            return SubmitOutcome("rejected", reason=exc.message, code=exc.code)
+        except InDoubtError as exc:
+            return SubmitOutcome("in_doubt", reason=str(exc))
+        except RetryableError as exc:
+            return SubmitOutcome("not_sent", reason=str(exc), retry_after=exc.retry_after)
+        except (ApiError, OSError) as exc:
+            if intent.sent:
+                return SubmitOutcome("in_doubt", reason=f"create failed unexpectedly: {exc}")
+            return SubmitOutcome("not_sent", reason=f"not submitted: {exc}", unexpected=True)
+        return SubmitOutcome("created", task=task)
+
+    async def poll(self, job: JobRow) -> PollOutcome:
+        """Ask the API how the job's task is doing (a 401 is raised: it stops the run)."""
+        assert job.task_id is not None
+        try:
+            return PollOutcome("answered", task=await self.client.retrieve(job.task_id))
+        except TaskNotFound as exc:
+            return PollOutcome("vanished", reason=exc.message)
+        except AuthError:
+            raise
+        except ApiError as exc:
+            return PollOutcome("no_answer", reason=str(exc), error=exc)
+
+    async def download(self, job: JobRow, dest: Path) -> DownloadOutcome:
+        """Fetch the job's video into ``dest`` (its signed URL, refreshed as needed)."""
+        assert job.task_id is not None
+        source = Task(
+            job.task_id, TaskStatus.COMPLETED, job.remote_status or "", video_url=job.video_url
+        )
+        try:
+            return DownloadOutcome("fetched", result=await self.client.download(source, dest))
+        except TaskNotFound as exc:
+            reason = f"the task vanished before its download: {exc.message}"
+            return DownloadOutcome("vanished", reason=reason)
+        except AuthError:
+            raise
+        except DownloadError as exc:
+            return DownloadOutcome("failed", reason=str(exc), fresh_url=exc.fresh_url)
+        except (ApiError, OSError) as exc:
+            return DownloadOutcome("failed", reason=str(exc))

@@ -1,0 +1,186 @@
+"""Every named transition, against the state machine: legal moves, illegal ones, their effects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ledger_helpers import (
+    ACTIONS,
+    ILLEGAL,
+    LEGAL,
+    S,
+    add_job,
+    raw,
+    reach,
+    specs,
+)
+from report_ledgers import T0, Clock
+
+from batchvid.errors import IllegalTransition, LedgerError
+from batchvid.ledger import Ledger, utc_iso
+from batchvid.states import TRANSITIONS, JobState
+
+# -- transitions ------------------------------------------------------------------
+
+
+def test_the_action_table_covers_every_edge_of_the_state_machine() -> None:
+    edges = {(s, dst) for _, sources, dst in ACTIONS.values() for s in sources if s != dst}
+    edges |= {
+        (S.SUBMITTING, S.IN_PROGRESS),  # record_submitted with a running task
+        (S.FAILED, S.PENDING),  # retry_failed
+        (S.IN_DOUBT, S.PENDING),  # retry_in_doubt
+        (S.STALLED, S.QUEUED),  # retry_stalled
+        (S.STALLED, S.IN_PROGRESS),  # retry_stalled
+    }
+    assert edges == {(s, d) for s, targets in TRANSITIONS.items() for d in targets}
+
+
+@pytest.mark.parametrize(("action", "source"), LEGAL)
+def test_legal_transition(ledger: Ledger, clock: Clock, action: str, source: JobState) -> None:
+    job_id = add_job(ledger)
+    reach(ledger, job_id, source)
+    before = ledger.events(job_id)
+    clock.advance(5)
+    ACTIONS[action][0](ledger, job_id)
+    after = ledger.get_job(job_id)
+    target = ACTIONS[action][2]
+    assert after.state is target
+    assert after.updated_utc == utc_iso(clock())
+    new_events = ledger.events(job_id)[len(before) :]
+    if target is source:
+        assert new_events == []  # events are for transitions only
+    else:
+        assert [(e.from_state, e.to_state, e.at_utc) for e in new_events] == [
+            (source, target, utc_iso(clock()))
+        ]
+    assert ledger.verify() == []
+
+
+@pytest.mark.parametrize(("action", "source"), ILLEGAL)
+def test_illegal_transition_raises_and_changes_nothing(
+    ledger: Ledger, action: str, source: JobState
+) -> None:
+    job_id = add_job(ledger)
+    reach(ledger, job_id, source)
+    before, events = ledger.get_job(job_id), ledger.events(job_id)
+    with pytest.raises(IllegalTransition):
+        ACTIONS[action][0](ledger, job_id)
+    assert ledger.get_job(job_id) == before
+    assert ledger.events(job_id) == events
+
+
+def test_an_unknown_job_is_a_ledger_error_not_an_illegal_transition(ledger: Ledger) -> None:
+    with pytest.raises(LedgerError, match="no job with id 99") as raised:
+        ledger.record_stalled(99)
+    assert not isinstance(raised.value, IllegalTransition)
+    with pytest.raises(LedgerError, match="no job with id 99"):
+        ledger.begin_submit_many([99])
+    with pytest.raises(LedgerError, match="no job with id 99"):
+        ledger.get_job(99)
+
+
+def test_the_event_is_written_in_the_same_transaction(ledger: Ledger, path: Path) -> None:
+    job_id = add_job(ledger)
+    conn = raw(path)  # make every event insert fail, from outside
+    conn.execute(
+        "CREATE TRIGGER no_events BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    try:
+        with pytest.raises(LedgerError, match="no"):
+            ledger.begin_submit(job_id)
+        assert ledger.get_job(job_id).state is S.PENDING
+        assert ledger.get_job(job_id).attempts == 0
+    finally:
+        conn.execute("DROP TRIGGER no_events")
+        conn.close()
+    ledger.begin_submit(job_id)
+    assert ledger.get_job(job_id).state is S.SUBMITTING
+
+
+def test_begin_submit_many_is_all_or_nothing(ledger: Ledger) -> None:
+    ledger.upsert_jobs("b", specs(4))
+    ids = [j.id for j in ledger.pending_jobs("b", 4)]
+    reach(ledger, ids[2], S.SUBMITTING)
+    with pytest.raises(IllegalTransition, match=f"{ids[2]} \\(submitting\\)"):
+        ledger.begin_submit_many(ids)
+    assert ledger.counts("b")[S.PENDING] == 3
+    ledger.begin_submit_many([ids[0], ids[1], ids[0], ids[3]])  # duplicates count once
+    rows = [ledger.get_job(i) for i in ids]
+    assert all(r.state is S.SUBMITTING and r.attempts == 1 for r in rows)
+    assert [e.detail for e in ledger.events(ids[0])] == [{"attempt": 1}]
+    ledger.begin_submit_many([])
+
+
+def test_submission_records_the_task(ledger: Ledger, clock: Clock) -> None:
+    job_id = add_job(ledger)
+    ledger.begin_submit(job_id)
+    clock.advance(2)
+    assert ledger.record_submitted(job_id, "task_1", "queued", T0 + 62) is S.QUEUED
+    row = ledger.get_job(job_id)
+    assert (row.task_id, row.remote_status, row.next_poll_at) == ("task_1", "queued", T0 + 62)
+    assert (row.submitted_utc, row.queued_utc) == (utc_iso(T0), utc_iso(T0 + 2))
+    assert row.started_utc is None and row.watch_started_at == T0 + 2
+    assert ledger.events(job_id)[-1].detail == {
+        "remote_status": "queued",
+        "task_id": "task_1",
+        "first_poll_in_s": 60.0,
+    }
+
+    running = add_job(ledger, "k2")
+    ledger.begin_submit(running)
+    assert (
+        ledger.record_submitted(running, "task_2", "IN_PROGRESS", T0, seen=S.IN_PROGRESS)
+        is S.IN_PROGRESS
+    )
+    assert ledger.get_job(running).started_utc == utc_iso(clock())
+    with pytest.raises(ValueError):
+        ledger.record_submitted(add_job(ledger, "k3"), "", None, T0)
+
+
+def test_polls_update_in_place_and_never_go_backwards(ledger: Ledger, clock: Clock) -> None:
+    job_id = add_job(ledger)
+    reach(ledger, job_id, S.QUEUED)
+    events = len(ledger.events(job_id))
+    assert ledger.record_poll(job_id, "SUBMITTED", 0, T0 + 10, seen=S.QUEUED) is S.QUEUED
+    assert len(ledger.events(job_id)) == events
+    clock.advance(10)
+    assert (
+        ledger.record_poll(job_id, "in_progress", 30, T0 + 20, seen=S.IN_PROGRESS) is S.IN_PROGRESS
+    )
+    stale = ledger.record_poll(job_id, "queued", None, T0 + 40, seen=S.QUEUED)
+    assert stale is S.IN_PROGRESS  # a stale answer never moves a job back
+    row = ledger.get_job(job_id)
+    assert (row.polls, row.progress, row.next_poll_at) == (3, 30, T0 + 40)
+    assert row.started_utc == utc_iso(T0 + 10)
+    assert len(ledger.events(job_id)) == events + 1
+    with pytest.raises(ValueError, match="terminal"):
+        ledger.record_poll(job_id, "SUCCESS", 100, T0 + 50, seen=S.COMPLETED)
+    assert ledger.get_job(job_id) == row
+
+
+def test_release_unsent_frees_the_job_for_another_attempt(ledger: Ledger) -> None:
+    job_id = add_job(ledger)
+    ledger.begin_submit(job_id)
+    ledger.release_unsent(job_id, "429 before any work")
+    row = ledger.get_job(job_id)
+    assert (row.state, row.attempts, row.billable_attempts) == (S.PENDING, 1, 0)
+    assert row.error_message == "429 before any work" and row.submitted_utc is None
+    ledger.begin_submit(job_id)
+    row = ledger.get_job(job_id)
+    assert (row.attempts, row.billable_attempts, row.error_message) == (2, 1, None)
+
+
+def test_download_errors_are_kept_until_the_download_succeeds(ledger: Ledger) -> None:
+    job_id = add_job(ledger)
+    reach(ledger, job_id, S.COMPLETED)
+    ledger.record_download_error(job_id, "HTTP 403")
+    ledger.record_download_error(job_id, "truncated")
+    ledger.refresh_url(job_id, "https://cdn.example/fresh.mp4", T0 + 900)
+    row = ledger.get_job(job_id)
+    assert (row.download_errors, row.error_message) == (2, "truncated")
+    assert (row.video_url, row.video_url_expires_at) == ("https://cdn.example/fresh.mp4", T0 + 900)
+    ledger.record_downloaded(job_id, Path("out/a.mp4"), 10, "cd" * 32)
+    row = ledger.get_job(job_id)
+    assert (row.file_path, row.bytes, row.sha256) == ("out/a.mp4", 10, "cd" * 32)
+    assert row.error_message is None and row.downloaded_utc == row.finished_utc
