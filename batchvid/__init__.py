@@ -32,11 +32,14 @@ if TYPE_CHECKING:
         ApiError,
         AuthError,
         BatchvidError,
+        DiskFull,
         DownloadError,
         IllegalTransition,
         InDoubtError,
         Issue,
+        LedgerBusy,
         LedgerError,
+        LedgerFull,
         ManifestError,
         RateLimited,
         RejectedError,
@@ -68,9 +71,9 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _ERRORS = (
-    "ApiError AuthError BatchvidError DownloadError IllegalTransition InDoubtError Issue "
-    "LedgerError ManifestError RateLimited RejectedError RetryableError ServiceRefused "
-    "TaskNotFound UrlExpired"
+    "ApiError AuthError BatchvidError DiskFull DownloadError IllegalTransition InDoubtError "
+    "Issue LedgerBusy LedgerError LedgerFull ManifestError RateLimited RejectedError "
+    "RetryableError ServiceRefused TaskNotFound UrlExpired"
 )
 #: Public name -> (the module that defines it, its name there).
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -116,6 +119,7 @@ __all__ = [
     "BatchRow",
     "BatchvidError",
     "CometClient",
+    "DiskFull",
     "DownloadError",
     "Endpoint",
     "Event",
@@ -126,7 +130,9 @@ __all__ = [
     "JobSpec",
     "JobState",
     "Ledger",
+    "LedgerBusy",
     "LedgerError",
+    "LedgerFull",
     "Manifest",
     "ManifestError",
     "ModelSpec",

@@ -5,7 +5,9 @@
     BatchvidError
     ├── ManifestError          the manifest cannot be used (carries every Issue found)
     ├── LedgerError            the ledger is missing, locked, corrupt or asked something illegal
-    │   └── IllegalTransition  a job state change that the state machine forbids
+    │   ├── IllegalTransition  a job state change that the state machine forbids
+    │   ├── LedgerBusy         another program holds the ledger's write lock: try again later
+    │   └── LedgerFull         the disk holding the ledger is full: nothing more can be recorded
     ├── ApiError               CometAPI answered with an error, or did not answer
     │   ├── AuthError          401: the key is missing or refused; stop everything
     │   ├── RejectedError      400: the request is wrong; retrying cannot help
@@ -15,7 +17,8 @@
     │   │   └── RateLimited    429, with the server's Retry-After if it gave one
     │   └── InDoubtError       a create was sent but its answer was lost: a task may exist
     └── DownloadError          a video could not be fetched or verified
-        └── UrlExpired         the signed URL is refused or expired: re-query the task
+        ├── UrlExpired         the signed URL is refused or expired: re-query the task
+        └── DiskFull           no space left for the video: nothing wrong with it
 
 The library raises only these (``raise ... from exc`` at every boundary); the
 CLI turns them into messages and exit codes in one place.  No exception ever
@@ -30,11 +33,14 @@ __all__ = [
     "ApiError",
     "AuthError",
     "BatchvidError",
+    "DiskFull",
     "DownloadError",
     "IllegalTransition",
     "InDoubtError",
     "Issue",
+    "LedgerBusy",
     "LedgerError",
+    "LedgerFull",
     "ManifestError",
     "RateLimited",
     "RejectedError",
@@ -42,6 +48,7 @@ __all__ = [
     "ServiceRefused",
     "TaskNotFound",
     "UrlExpired",
+    "ledger_error",
 ]
 
 
@@ -87,6 +94,14 @@ class LedgerError(BatchvidError):
 
 class IllegalTransition(LedgerError):
     """A job was asked to move between two states the state machine does not connect."""
+
+
+class LedgerBusy(LedgerError):
+    """Another program held the ledger's write lock past the wait: nothing was written."""
+
+
+class LedgerFull(LedgerError):
+    """The disk (or quota) holding the ledger is full: nothing was written."""
 
 
 class ApiError(BatchvidError):
@@ -168,3 +183,22 @@ class DownloadError(BatchvidError):
 
 class UrlExpired(DownloadError):
     """The signed ``video_url`` was refused (401/403/404/410) or expired: query the task again."""
+
+
+class DiskFull(DownloadError):
+    """The disk (or quota) holding the videos is full: nothing is wrong with the video.
+
+    Its ``.part`` keeps what it has; the download is worth trying again once
+    there is space.
+    """
+
+
+def ledger_error(path: object, exc: BaseException) -> LedgerError:
+    """The LedgerError an SQLite error on ``path`` stands for (busy, full, or other)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return LedgerBusy(f"ledger {path}: another program is writing it ({exc})")
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return LedgerFull(f"ledger {path}: its disk is full ({exc})")
+    return LedgerError(f"ledger {path}: {exc}")

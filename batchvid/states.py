@@ -6,6 +6,7 @@
     submitting   -> queued | in_progress | rejected | in_doubt
                   | pending          (the create provably never left)
     in_doubt     -> pending          (retry --in-doubt: a duplicate may be billed)
+                  | queued | in_progress   (its task id, recovered, is recorded)
     queued       -> in_progress | completed | failed | stalled
     in_progress  -> completed | failed | stalled
     completed    -> downloaded
@@ -70,8 +71,9 @@ TRANSITIONS: Final[Mapping[JobState, frozenset[JobState]]] = MappingProxyType(
         # The create answered (queued / in_progress / rejected), its answer was
         # lost (in_doubt), or it provably never left (pending again).
         S.SUBMITTING: frozenset({S.QUEUED, S.IN_PROGRESS, S.REJECTED, S.IN_DOUBT, S.PENDING}),
-        # Only by the user's explicit choice: a duplicate may be billed.
-        S.IN_DOUBT: frozenset({S.PENDING}),
+        # pending: only by the user's explicit choice (a duplicate may be billed);
+        # queued/in_progress: the task id was found after all (the recovery file).
+        S.IN_DOUBT: frozenset({S.PENDING, S.QUEUED, S.IN_PROGRESS}),
         S.QUEUED: frozenset({S.IN_PROGRESS, S.COMPLETED, S.FAILED, S.STALLED}),
         S.IN_PROGRESS: frozenset({S.COMPLETED, S.FAILED, S.STALLED}),
         # failed: the task vanished upstream before the video could be fetched.

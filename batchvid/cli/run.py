@@ -127,8 +127,17 @@ def run(
     resubmits such jobs when you decide to.
 
     \b
+    A run always ends. Downloads get 5 tries per run (4, 8, 16, 32 s apart;
+    the signed URL, one refresh, then /v1/videos/{id}/content); jobs whose
+    tries are spent stay completed for the next run. A full disk pauses
+    downloads and new creates (stopping after 10 minutes), a ledger locked
+    by another program pauses everything (5 minutes); nothing is marked
+    failed for either.
+
+    \b
     Exit codes: 0 every job downloaded; 1 finished, but some jobs failed,
-    were rejected, stalled or are in doubt; 2 invalid manifest or usage;
+    were rejected, stalled, are in doubt or still to download, or a fault
+    stopped the run; 2 invalid manifest, usage, or a damaged ledger;
     3 the API refused the key; 130 interrupted (the ledger is consistent).
 
     \b
@@ -157,7 +166,7 @@ def run(
         raise  # nothing waits on the API: the CLI group prints every issue, exit 2
     print_issues(plan.warnings)
     options = options_from(plan.manifest.limits, plan.manifest.budget_usd)
-    with open_ledger(ledger_path) as store, batch_lock(ledger_path, plan.batch):
+    with open_ledger(ledger_path, check=True) as store, batch_lock(ledger_path, plan.batch):
         prepared = prepare(store, plan, endpoint, ledger_path)
         _announce(plan.batch, len(plan.jobs), prepared, endpoint, ledger_path)
         report = anyio.run(_run_with_display, store, prepared, endpoint, options)
@@ -210,7 +219,7 @@ def _finish_paid_work(
     batch = batch_name_of(manifest)
     if batch is None or not ledger_path.exists():
         return
-    with open_ledger(ledger_path) as store, batch_lock(ledger_path, batch):
+    with open_ledger(ledger_path, check=True) as store, batch_lock(ledger_path, batch):
         prepared = prepare_resume_only(store, batch, endpoint)
         if prepared is None:
             return
@@ -255,8 +264,19 @@ async def _watch_signals(runner: Runner) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             if runner.stop_requested:
-                click.echo("\nsecond interrupt: exiting now (the ledger is consistent)", err=True)
-                os._exit(130)
+                creates = runner.creates_in_flight
+                click.echo(
+                    "\nsecond interrupt: exiting now (the ledger is consistent)"
+                    + (
+                        f"; {_count(creates, 'create')} in flight will be in_doubt on the next "
+                        f"run: their tasks may exist and be billed (`batchvid retry "
+                        f"{runner.batch} --in-doubt` resubmits them, if you decide so)"
+                        if creates
+                        else ""
+                    ),
+                    err=True,
+                )
+                os._exit(Exit.INTERRUPTED)
             name = signal.Signals(signum).name
             click.echo(
                 f"\n{name}: finishing the requests in flight, then stopping "
@@ -326,9 +346,11 @@ def _progress_line(snap: Snapshot) -> str:
 def _print_summary(report: RunReport, ledger_path: Path, manifest: str) -> None:
     counts = " ".join(f"{s}={report.counts[s]}" for s in _ORDER if report.counts.get(s))
     total = sum(report.counts.values())
-    head = "interrupted" if report.interrupted else "finished"
+    head = "interrupted" if report.interrupted else "stopped" if report.halted else "finished"
     took = span(report.elapsed_s)
     click.echo(f"\n{report.batch}: {head} in {took}: {_count(total, 'job')}: {counts}")
+    if report.halted:
+        click.echo(f"stopped early: {report.halted}")
     downloaded = report.counts.get("downloaded", 0)
     if downloaded:
         click.echo(f"videos: {report.output_dir} ({_count(downloaded, 'file')})")

@@ -24,9 +24,12 @@ _SECONDS = click.FloatRange(min=0.0)
 
 
 def _knob(name: str, type_: Any = None) -> Callable[[_F], _F]:
-    """A ``--name`` flag for knob ``name``, documented from KNOB_HELP."""
+    """A ``--name`` flag for knob ``name`` (``--name/--no-name`` for a yes/no knob),
+    documented from KNOB_HELP."""
     default = getattr(_DEFAULTS, name)
     flag = "--" + name.replace("_", "-")
+    if isinstance(default, bool):
+        flag = f"{flag}/--no-{flag[2:]}"
     return click.option(
         flag,
         name,
@@ -78,13 +81,8 @@ def _knob(name: str, type_: Any = None) -> Callable[[_F], _F]:
 @_knob("p_cdn_error", _SHARE)
 @_knob("p_ignore_range", _SHARE)
 @_knob("p_content_redirect", _SHARE)
-@click.option(
-    "--video-url/--no-video-url",
-    "video_url",
-    default=_DEFAULTS.video_url,
-    show_default=True,
-    help=KNOB_HELP["video_url"] + ".",
-)
+@_knob("video_url")
+@_knob("content")
 @_knob("seed", int)
 def simulator(host: str, port: int, cdn_port: int | None, **knobs: Any) -> None:
     """Run a local CometAPI simulator (the documented Seedance video API).

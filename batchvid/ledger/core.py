@@ -24,7 +24,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Self
 
-from ..errors import IllegalTransition, LedgerError
+from ..errors import IllegalTransition, LedgerError, ledger_error
 from ..states import JobState, check_transition
 from .rows import utc_iso
 from .schema import open_connection, open_read_only
@@ -45,9 +45,14 @@ class LedgerCore:
         clock: Callable[[], float] = time.time,
         create: bool = True,
         read_only: bool = False,
+        check: bool = False,
     ) -> None:
         self.path = Path(path)
-        self._clock = clock
+        #: Unix seconds for every time the ledger writes.  A run puts its steady
+        #: clock here (see :class:`batchvid.run.clock.SteadyClock`), so the times it
+        #: schedules by and the times the ledger stamps agree, whatever the wall
+        #: clock does meanwhile.
+        self.clock = clock
         self._lock = threading.RLock()
         self.read_only = read_only
         if read_only:
@@ -56,6 +61,23 @@ class LedgerCore:
         if not create and not self.path.exists():
             raise LedgerError(f"no ledger at {self.path}")
         self._conn = open_connection(self.path)
+        if check:
+            self._check()
+
+    def _check(self) -> None:
+        """SQLite's quick check of the whole file: a damaged ledger is refused before any use."""
+        try:
+            found = [
+                " ".join(row[0].split()) for row in self._conn.execute("PRAGMA quick_check(5)")
+            ]
+        except sqlite3.Error as exc:
+            found = [str(exc)]
+        if found != ["ok"]:
+            self._conn.close()
+            raise LedgerError(
+                f"the ledger {self.path} is damaged ({'; '.join(found)}): nothing was sent. "
+                f"Restore a copy, or rebuild it: sqlite3 {self.path} .recover | sqlite3 NEW.db"
+            )
 
     def close(self) -> None:
         """Close the file (idempotent)."""
@@ -96,14 +118,14 @@ class LedgerCore:
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise LedgerError(f"ledger {self.path}: {exc}") from exc
+                raise ledger_error(self.path, exc) from exc
             finally:
                 if durable:
                     with suppress(sqlite3.Error):
                         conn.execute("PRAGMA synchronous = NORMAL")
 
     def _stamp(self) -> dict[str, Any]:
-        now = self._clock()
+        now = self.clock()
         return {"now": utc_iso(now), "now_at": now}
 
     def _move(

@@ -10,10 +10,11 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
-from ..errors import LedgerError
+from ..errors import LedgerError, ledger_error
 from ..states import ACTIVE_STATES, POLLING_STATES, TASK_STATES, JobState, chain_problem
 from .core import LedgerCore
 from .rows import JOB_COLUMNS, BatchRow, Event, JobRow, RenderSample
+from .schema import NEVER
 
 __all__ = ["RENDER_SAMPLES", "LedgerQueries"]
 
@@ -48,7 +49,7 @@ class LedgerQueries(LedgerCore):
                     cursor.row_factory = None
                 return cursor.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise LedgerError(f"ledger {self.path}: {exc}") from exc
+                raise ledger_error(self.path, exc) from exc
 
     def get_batch(self, name: str) -> BatchRow | None:
         rows = self._rows("SELECT * FROM batches WHERE name = ?", (name,))
@@ -97,7 +98,7 @@ class LedgerQueries(LedgerCore):
 
     def due_polls(self, batch: str, now: float | None = None, limit: int = 100) -> list[JobRow]:
         """Live tasks whose ``next_poll_at`` has come, the most overdue first."""
-        at = self._clock() if now is None else now
+        at = self.clock() if now is None else now
         return self._jobs_where(
             f"state IN ({_POLLING_SQL}) AND next_poll_at <= :at",
             "next_poll_at, id",
@@ -106,15 +107,21 @@ class LedgerQueries(LedgerCore):
             at,
         )
 
-    def completed_jobs(self, batch: str, limit: int) -> list[JobRow]:
-        """Jobs to download: the soonest-expiring URL first, unknown expiry last."""
+    def completed_jobs(self, batch: str, limit: int, now: float | None = None) -> list[JobRow]:
+        """Jobs to download: the soonest-expiring URL first, unknown expiry last.
+
+        With ``now``, only those whose ``next_download_at`` has come (not backing
+        off, tries not spent), so they never crowd out the ones that may start.
+        """
         # Pinned to the partial index of completed jobs: statistics gathered while
         # nearly every job was downloaded would otherwise suggest a full scan.
+        due = "" if now is None else " AND coalesce(next_download_at, 0) <= :at"
         return self._jobs_where(
-            "state = 'completed'",
+            "state = 'completed'" + due,
             "video_url_expires_at IS NULL, video_url_expires_at, idx, id",
             batch,
             limit,
+            now,
             index="jobs_download_queue",
         )
 
@@ -152,6 +159,17 @@ class LedgerQueries(LedgerCore):
             (batch,),
         )
         value: float | None = row[0][0]
+        return value
+
+    def next_download_time(self, batch: str) -> float | None:
+        """The earliest time a completed job's next download try may start (``None``: none
+        is waiting for one; spent tries do not count)."""
+        rows = self._rows(
+            """SELECT min(next_download_at) FROM jobs INDEXED BY jobs_download_queue
+            WHERE batch = ? AND state = 'completed' AND next_download_at < ?""",
+            (batch, NEVER),
+        )
+        value: float | None = rows[0][0]
         return value
 
     def active_count(self, batch: str) -> int:

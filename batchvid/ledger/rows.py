@@ -164,6 +164,7 @@ class JobRow(NamedTuple):
     render_lo_s: float | None
     render_hi_s: float | None
     render_s: float | None
+    next_download_at: float | None
 
     @property
     def render_seconds(self) -> float | None:

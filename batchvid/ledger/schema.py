@@ -24,7 +24,14 @@ from ..errors import LedgerError
 if TYPE_CHECKING:
     import sqlite_utils
 
-__all__ = ["BUSY_TIMEOUT_MS", "MIGRATION_SET", "migrations", "open_connection", "open_read_only"]
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "MIGRATION_SET",
+    "NEVER",
+    "migrations",
+    "open_connection",
+    "open_read_only",
+]
 
 #: How long a writer waits for another process's transaction before giving up.
 BUSY_TIMEOUT_MS: Final = 10_000
@@ -185,6 +192,22 @@ def m004_render_evidence(db: sqlite_utils.Database) -> None:
 _migration(m004_render_evidence)
 
 
+def m005_download_schedule(db: sqlite_utils.Database) -> None:
+    """When a completed job's next download may start (runner-clock unix seconds).
+
+    Set after a failed try (its back-off) and to :data:`NEVER` once its tries
+    for the run are spent, so the download queue skips those jobs in SQL
+    rather than filling every page with them; cleared when a run starts.
+    """
+    db.execute("ALTER TABLE jobs ADD COLUMN next_download_at REAL")
+
+
+_migration(m005_download_schedule)
+
+#: ``next_download_at`` of a job whose downloads are spent for this run.
+NEVER: Final = 1e18
+
+
 def _connect(path: Path, target: str | Path, *, uri: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (every write an explicit transaction), rows by name."""
     try:
@@ -243,7 +266,24 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     """
     if not path.is_file():
         raise LedgerError(f"no ledger at {path}")
-    conn = _connect(path, f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    uri = path.resolve().as_uri()
+    conn = _connect(path, f"{uri}?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        conn.close()
+        # A read-only mount: SQLite cannot make the WAL's shared-memory file.  With no
+        # WAL content waiting, the file is all there is: read it as immutable.
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size:
+            raise LedgerError(
+                f"cannot read ledger {path} here: its recent changes are in {wal.name}, "
+                "which needs a writable folder (copy the ledger and its -wal file elsewhere)"
+            ) from None
+        conn = _connect(path, f"{uri}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error as exc:  # not a database at all
+        conn.close()
+        raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
     with _closed_on_failure(conn, path):
         conn.execute("PRAGMA query_only = ON")
         pending = _pending(conn, path)

@@ -36,7 +36,7 @@ _NEW_ATTEMPT: Final = """task_id = NULL, remote_status = NULL, progress = NULL, 
     download_errors = 0, submitted_utc = NULL, queued_utc = NULL, started_utc = NULL,
     completed_utc = NULL, finished_utc = NULL, sent_at = NULL, answered_at = NULL,
     last_running_at = NULL, server_created_at = NULL, server_completed_at = NULL,
-    render_lo_s = NULL, render_hi_s = NULL, render_s = NULL"""
+    render_lo_s = NULL, render_hi_s = NULL, render_s = NULL, next_download_at = NULL"""
 
 
 #: What ``Ledger.retry`` does to the jobs of a state: where they may go, where they go
@@ -70,9 +70,10 @@ class Ledger(RunTransitions, LedgerQueries):
     """One ledger file, open and migrated.  Thread-safe; use as a context manager.
 
     ``clock`` returns unix seconds (``time.time``); tests inject their own.
-    ``create=False`` refuses a missing file.  ``read_only=True`` opens an existing,
-    current ledger for queries only (reports beside a running batch): nothing is
-    created or migrated, and every write raises :class:`LedgerError`.
+    ``create=False`` refuses a missing file; ``check=True`` a damaged one.
+    ``read_only=True`` opens an existing, current ledger for queries only
+    (reports beside a running batch): nothing is created or migrated, and every
+    write raises :class:`LedgerError`.
     """
 
     def upsert_batch(
@@ -126,7 +127,7 @@ class Ledger(RunTransitions, LedgerQueries):
         A key the batch already has keeps its row untouched: its state, task id
         and everything learned since.  One transaction, however many jobs.
         """
-        now = utc_iso(self._clock())
+        now = utc_iso(self.clock())
 
         def new_rows(known: set[str]) -> Iterator[tuple[Any, ...]]:
             for j in jobs:
@@ -195,6 +196,17 @@ class Ledger(RunTransitions, LedgerQueries):
             check_transition(state, target)
         return self._move_batch(batch, state, dst_sql, sets, detail_sql)
 
+    def start_run(self, batch: str) -> int:
+        """A run begins: completed jobs may be downloaded again at once.  Returns how many."""
+        with self._write() as conn:
+            return int(
+                conn.execute(
+                    """UPDATE jobs SET next_download_at = NULL
+                    WHERE batch = ? AND state = 'completed' AND next_download_at IS NOT NULL""",
+                    (batch,),
+                ).rowcount
+            )
+
     def recover_interrupted(self, batch: str) -> int:
         """On resume: submitting -> in_doubt (a create may have left; never resend blindly)."""
         check_transition(S.SUBMITTING, S.IN_DOUBT)
@@ -208,8 +220,12 @@ class Ledger(RunTransitions, LedgerQueries):
         )
 
 
-def open_ledger(path: Path, *, create: bool = True) -> Ledger:
-    """Open the ledger at ``path``; a clear LedgerError when it is missing and ``create`` is off."""
+def open_ledger(path: Path, *, create: bool = True, check: bool = False) -> Ledger:
+    """Open the ledger at ``path``; a clear LedgerError when it is missing and ``create`` is off.
+
+    ``check``: refuse a damaged file (SQLite's quick check), as a run does before it
+    sends anything.
+    """
     if not create and not path.exists():
         raise LedgerError(f"no ledger at {path} (run a batch first, or pass --ledger)")
-    return Ledger(path, create=create)
+    return Ledger(path, create=create, check=check)

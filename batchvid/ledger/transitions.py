@@ -39,7 +39,7 @@ class RunTransitions(LedgerCore):
         ids = list(dict.fromkeys(job_ids))
         if not ids:
             return
-        now_at = self._clock()
+        now_at = self.clock()
         now = utc_iso(now_at)
         # Durable: the intent must be on disk before the create can leave.
         with self._write(durable=True) as conn:
@@ -79,12 +79,15 @@ class RunTransitions(LedgerCore):
         *,
         seen: JobState | None = None,
         server_created_at: float | None = None,
+        recovered: bool = False,
     ) -> JobState:
         """submitting -> queued (or in_progress, if the server says so): the task exists.
 
         ``remote_status`` is kept as the server wrote it; ``seen`` is the job
         state it means (the caller's reading of it: ``None`` for a word it does
         not know).  ``server_created_at``: the task's ``created_at`` as sent.
+        ``recovered``: the id comes from the recovery file (see
+        :mod:`batchvid.run.recovery`), so an ``in_doubt`` job takes it too.
         """
         if not task_id:
             raise ValueError("task_id must not be empty")
@@ -92,11 +95,12 @@ class RunTransitions(LedgerCore):
         return self._move(
             job_id,
             "record a task for",
-            {S.SUBMITTING},
+            {S.SUBMITTING, S.IN_DOUBT} if recovered else {S.SUBMITTING},
             S.IN_PROGRESS if started else S.QUEUED,
             """task_id = :task_id, remote_status = :remote_status, progress = 0,
                next_poll_at = :next_poll_at, watch_started_at = :now_at, queued_utc = :now,
                answered_at = :now_at, server_created_at = :server_created_at,
+               error_message = NULL, finished_utc = NULL,
                started_utc = CASE WHEN :started THEN :now END""",
             {
                 "task_id": task_id,
@@ -108,7 +112,8 @@ class RunTransitions(LedgerCore):
             {
                 "task_id": task_id,
                 "remote_status": remote_status,
-                "first_poll_in_s": round(next_poll_at - self._clock(), 3),
+                "first_poll_in_s": round(next_poll_at - self.clock(), 3),
+                **({"recovered": True} if recovered else {}),
             },
             durable=True,  # a paid task's id must survive a power cut
         )
@@ -301,14 +306,20 @@ class RunTransitions(LedgerCore):
             {"file_path": str(file_path), "bytes": bytes, "sha256": sha256},
         )
 
-    def record_download_error(self, job_id: int, message: str) -> None:
-        """A download attempt failed: the job stays completed; the last error is kept."""
+    def record_download_error(
+        self, job_id: int, message: str, retry_at: float | None = None
+    ) -> None:
+        """A download try failed: the job stays completed; the last error is kept.
+
+        ``retry_at``: when the next try may start (:data:`~batchvid.ledger.schema.NEVER`:
+        not in this run).
+        """
         self._move(
             job_id,
             "record a download error for",
-            {S.COMPLETED},
-            S.COMPLETED,
-            """download_errors = download_errors + 1, error_code = 'download',
-               error_message = :message""",
-            {"message": message},
+            sources={S.COMPLETED},
+            target=S.COMPLETED,
+            sets="""download_errors = download_errors + 1, error_code = 'download',
+               error_message = :message, next_download_at = :retry_at""",
+            params={"message": message, "retry_at": retry_at},
         )

@@ -155,7 +155,7 @@ class CometClient:
         max_retry_after: float = 300.0,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         limits: httpx.Limits = DEFAULT_LIMITS,
-        max_refreshes: int = 3,
+        max_refreshes: int = 1,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -46,7 +48,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 import anyio.to_thread
 import httpx
 
-from ..errors import DownloadError, RetryableError, UrlExpired
+from ..errors import DiskFull, DownloadError, RetryableError, UrlExpired
 from .protocol import RetryPolicy, Task, TaskStatus, backoff_hint, parse_retry_after
 
 if TYPE_CHECKING:
@@ -103,6 +105,8 @@ class DownloadResult:
     refreshes: int = 0
     #: The last signed URL a refresh gave (``None``: none was asked for).
     fresh_url: str | None = None
+    #: Fetched from ``/v1/videos/{id}/content`` (the signed URL could not be used).
+    via_content: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +140,15 @@ def _read_meta(dest: Path) -> dict[str, str | None] | None:
 
 
 def _write_meta(dest: Path, identity: str | None, etag: str | None) -> None:
-    payload = {"source": identity, "etag": etag}
-    _meta_path(dest).write_text(json.dumps(payload), encoding="utf-8")
+    """Note the ``.part``'s source, whole or not at all (a full disk leaves no empty note)."""
+    meta = _meta_path(dest)
+    scratch = meta.with_name(meta.name + ".tmp")
+    try:
+        scratch.write_text(json.dumps({"source": identity, "etag": etag}), encoding="utf-8")
+        os.replace(scratch, meta)
+    except OSError as exc:
+        scratch.unlink(missing_ok=True)
+        raise _disk_error(exc) from exc
 
 
 def _discard(dest: Path) -> None:
@@ -289,8 +300,8 @@ async def fetch_once(open_: Opener, dest: Path, identity: str | None = None) -> 
     if size == 0:
         _discard(dest)
         raise TransferInterrupted("the server answered an empty body, not a video")
-    digest = await anyio.to_thread.run_sync(_commit, part, dest)
-    return DownloadResult(path=dest, size=size, sha256=digest, resumed_from=plan.start)
+    final, digest = await anyio.to_thread.run_sync(_commit, part, dest)
+    return DownloadResult(path=final, size=size, sha256=digest, resumed_from=plan.start)
 
 
 async def read_limited(response: httpx.Response) -> bytes:
@@ -314,8 +325,8 @@ async def _finish_unsatisfiable(
     parsed = parse_content_range(response.headers.get("content-range"))
     total = parsed[2] if parsed else _unsatisfied_total(response.headers.get("content-range"))
     if total is not None and total == offset:
-        digest = await anyio.to_thread.run_sync(_commit, part, dest)
-        return DownloadResult(path=dest, size=offset, sha256=digest, resumed_from=offset)
+        final, digest = await anyio.to_thread.run_sync(_commit, part, dest)
+        return DownloadResult(path=final, size=offset, sha256=digest, resumed_from=offset)
     _discard(dest)
     raise TransferInterrupted("the partial file does not match the server's; starting over")
 
@@ -331,30 +342,62 @@ def _unsatisfied_total(value: str | None) -> int | None:
 async def _stream_into(response: httpx.Response, part: Path, plan: WritePlan) -> int:
     """Write the body at ``plan.start`` of ``part``; the ``.part``'s size afterwards."""
     mode = "ab" if plan.start else "wb"
-    with part.open(mode) as fh:
-        try:
-            # Every chunk is written as soon as it arrives (no chunk_size: no
-            # buffering), so a broken transfer keeps all it got.  We asked for
-            # identity encoding, so these are the bytes Content-Length counts.
-            # Page-cache writes are fast; fsync runs in a worker thread in _commit.
-            async for chunk in response.aiter_bytes():
-                fh.write(chunk)
-        finally:
-            fh.flush()
-        return fh.tell()
+    try:
+        with part.open(mode) as fh:
+            try:
+                # Every chunk is written as soon as it arrives (no chunk_size: no
+                # buffering), so a broken transfer keeps all it got.  We asked for
+                # identity encoding, so these are the bytes Content-Length counts.
+                # Page-cache writes are fast; fsync runs in a worker thread in _commit.
+                async for chunk in response.aiter_bytes():
+                    fh.write(chunk)
+            finally:
+                fh.flush()
+            return fh.tell()
+    except OSError as exc:
+        if part.exists() and part.stat().st_size == 0:
+            _discard(part.with_suffix(""))  # nothing worth resuming
+        raise _disk_error(exc) from exc
 
 
-def _commit(part: Path, dest: Path) -> str:
-    """fsync ``part``, rename it to ``dest``, fsync the directory; the file's sha256."""
+def _commit(part: Path, dest: Path) -> tuple[Path, str]:
+    """fsync ``part`` and give it its final name; ``(that name, the file's sha256)``.
+
+    Never over another video: when ``dest`` already holds different bytes (a
+    batch sharing the folder, an earlier task of this job), the file takes the
+    first free ``NAME-2.mp4``, ``NAME-3.mp4`` ... instead.  The directory is
+    fsynced after the rename.
+    """
+    digest = _sha256(part, sync=True)
+    final = dest
+    for n in itertools.count(2):
+        if not final.exists() or _sha256(final) == digest:
+            break
+        final = dest.with_name(f"{dest.stem}-{n}{dest.suffix}")
+    try:
+        os.replace(part, final)
+    except OSError as exc:
+        raise _disk_error(exc) from exc
+    _meta_path(dest).unlink(missing_ok=True)
+    _fsync_dir(final.parent)
+    return final, digest
+
+
+def _sha256(path: Path, *, sync: bool = False) -> str:
     digest = hashlib.sha256()
-    with part.open("rb") as fh:
+    with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-        _fsync(fh)
-    os.replace(part, dest)
-    _meta_path(dest).unlink(missing_ok=True)
-    _fsync_dir(dest.parent)
+        if sync:
+            _fsync(fh)
     return digest.hexdigest()
+
+
+def _disk_error(exc: OSError) -> Exception:
+    """A full disk (or quota) as :class:`DiskFull`; any other error as it is."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"no space left for the video ({exc.strerror or exc})")
+    return exc
 
 
 def _fsync(fh: BinaryIO) -> None:
@@ -382,10 +425,12 @@ async def fetch_video(
     ``source`` is a :class:`Task` (its ``video_url``, else ``GET
     /v1/videos/{id}/content``), a signed URL, or a bare task id (``/content``).
     A broken transfer is resumed with a Range request, up to ``attempts``
-    tries (the client's retry policy).  A refused or expired signed URL is
-    replaced by querying the task again, at most ``client.max_refreshes``
-    times.  Raises :class:`DownloadError` (with ``fresh_url`` when a refresh
-    gave one), :class:`UrlExpired`, or the :class:`~batchvid.errors.ApiError`
+    tries (the client's retry policy).  The signed URL comes first; refused or
+    expired, it is replaced by querying the task again (``client.max_refreshes``
+    times); still refused, or a CDN that keeps failing, and a task's video is
+    fetched from ``/content`` instead (with the key, which goes to the API
+    host only).  Raises :class:`DownloadError` (with ``fresh_url`` when a
+    refresh gave one), :class:`DiskFull`, or the :class:`~batchvid.errors.ApiError`
     of a failed ``/content`` or refresh request (``TaskNotFound``: the task is gone).
     """
     url, task_id = _download_source(source)
@@ -399,24 +444,30 @@ async def fetch_video(
         opener = client.cdn_opener(url) if url else client.content_opener(task_id or "")
         try:
             result = await _fetch_resuming(client, opener, dest, attempts, identity)
-        except UrlExpired as exc:
-            if task_id is None or refreshed >= client.max_refreshes:
-                exc.fresh_url = exc.fresh_url or fresh
-                raise
-            refreshed += 1
-            log.info("download URL refused; re-querying the task (refresh %d)", refreshed)
-            task = await client.retrieve(task_id)
-            if task.status is not TaskStatus.COMPLETED:
-                raise DownloadError(
-                    f"task {task_id} is {task.raw_status or task.status.value}, not completed",
-                    fresh_url=fresh,
-                ) from exc
-            url = fresh = task.video_url
-            continue
         except DownloadError as exc:
             exc.fresh_url = exc.fresh_url or fresh
-            raise
-        return dataclasses.replace(result, refreshes=refreshed, fresh_url=fresh)
+            if url is None or task_id is None or isinstance(exc, DiskFull):
+                raise  # /content failed too, or nothing else to try
+            if isinstance(exc, UrlExpired) and refreshed < client.max_refreshes:
+                refreshed += 1
+                log.info("download URL refused; re-querying the task (refresh %d)", refreshed)
+                url = fresh = await _fresh_url(client, task_id, exc)
+                continue
+            log.info("the signed URL cannot be used (%s); fetching from /content", exc)
+            url = None
+            continue
+        return dataclasses.replace(
+            result, refreshes=refreshed, fresh_url=fresh, via_content=url is None
+        )
+
+
+async def _fresh_url(client: CometClient, task_id: str, exc: DownloadError) -> str | None:
+    """The task's signed URL, asked for again (it must still be completed)."""
+    task = await client.retrieve(task_id)
+    if task.status is not TaskStatus.COMPLETED:
+        status = task.raw_status or task.status.value
+        raise DownloadError(f"task {task_id} is {status}, not completed") from exc
+    return task.video_url
 
 
 async def _fetch_resuming(

@@ -1,10 +1,12 @@
 """Running a batch: from a plan in the ledger to every job finished, resumable at any time.
 
-Owns: what render times are and how they are learned (``render_times``),
+Owns: the steady clock a run schedules by (``clock``), what render times are
+and how they are learned (``render_times``),
 when to poll and when to give up (``poll_policy``), the other pure policies of
-a run (``policy``), file names and URL expiry (``files``), the workers and the
-dispatcher that drive jobs through the ledger (``workers``, ``dispatcher``),
-and putting plan, ledger, client and limiter together (``batch``).
+a run (``policy``), file names (``files``), the workers and the dispatcher
+that drive jobs through the ledger (``workers``, ``record``, ``dispatcher``),
+the task ids a ledger could not take (``recovery``), and putting plan,
+ledger, client and limiter together (``batch``).
 
 May import: the shared vocabulary, ``batchvid.manifest`` (plans, limits),
 ``batchvid.ledger``, ``batchvid.remote``, and ``batchvid.sim`` (only for

@@ -178,7 +178,8 @@ def batch_lock(ledger_path: Path, batch: str) -> Iterator[None]:
     interrupted; the second one is refused instead.  The lock dies with the
     process (kill -9 included), so it never needs cleaning up.
     """
-    lock_path = ledger_path.parent / f".{ledger_path.name}.{batch}.lock"
+    real = ledger_path.resolve()  # one lock however the ledger's path is spelled (symlinks)
+    lock_path = real.parent / f".{real.name}.{batch}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -201,7 +202,7 @@ def _client(base_url: str, api_key: str, limiter: RateLimiter, time_scale: float
     # A simulator on a fast clock gets its retry waits on the same clock.
     return CometClient(
         base_url, api_key, limiter=limiter, wait_initial=0.5 * time_scale,
-        wait_max=30.0 * time_scale,
+        wait_max=30.0 * time_scale, wait_jitter=1.0 * time_scale,
     )  # fmt: skip
 
 
@@ -267,6 +268,6 @@ async def run_manifest(
         options = replace(
             options_for(plan.manifest.limits, {}), budget_usd=plan.manifest.budget_usd
         )
-    with open_ledger(path) as ledger, batch_lock(path, plan.batch):
+    with open_ledger(path, check=True) as ledger, batch_lock(path, plan.batch):
         prepared = prepare(ledger, plan, endpoint, path)
         return await run_batch(ledger, prepared, endpoint, options)

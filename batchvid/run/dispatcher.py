@@ -24,6 +24,10 @@ A job's ``submitting`` intent is committed only once the limiter has granted
 its request, immediately before the bytes leave, so a crash while waiting for
 the limiter leaves the job ``pending``, not in doubt.
 
+Everything is scheduled on one :class:`~batchvid.run.clock.SteadyClock` (the
+ledger stamps by it too while the run lasts): a wall clock stepped by NTP or
+by hand moves no poll and stalls no job.
+
 The dispatcher never prints and never installs signal handlers: the CLI reads
 :meth:`Runner.snapshot` for progress and calls :meth:`Runner.request_stop`.
 """
@@ -32,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Literal
@@ -40,16 +43,18 @@ from typing import Final, Literal
 import anyio
 from anyio.abc import TaskGroup
 
-from ..errors import AuthError, ServiceRefused
+from ..errors import AuthError, LedgerBusy, LedgerFull, ServiceRefused
 from ..ledger.rows import JobRow
 from ..ledger.store import Ledger
 from ..remote.client import CometClient
 from ..states import ACTIVE_STATES, JobState
+from .clock import SteadyClock
 from .files import job_filename, safe_destination
 from .options import RunOptions, RunReport, Snapshot
-from .policy import Budget, DownloadRetries, SubmitPause, poll_share
+from .policy import poll_share
 from .poll_policy import RenderBook
 from .record import Recorder, combo_of
+from .recovery import import_tasks
 from .workers import Workers
 
 __all__ = ["Runner"]
@@ -77,9 +82,10 @@ class Runner:
         output_dir: Path,
         options: RunOptions,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        clock = clock or SteadyClock()
         self.ledger = ledger
         self.batch = batch
         self.output_dir = output_dir
@@ -89,17 +95,9 @@ class Runner:
         renders = RenderBook(
             options.poll_policy(), history=lambda combo: ledger.render_samples(*combo)
         )
-        self._record = Recorder(
-            ledger,
-            renders,
-            Budget(options.budget_usd),
-            SubmitPause(scale=options.time_scale),
-            DownloadRetries(options.download_attempts, scale=options.time_scale),
-            clock,
-            rng or random.Random(),
-            download=options.download,
-        )
+        self._record = Recorder.for_run(ledger, renders, options, clock, rng or random.Random())
         self._tally = self._record.tally
+        self._faults = self._record.faults
         self._wake = anyio.Event()
         self._busy: set[int] = set()
         #: Busy jobs per kind of work: a look for work of one kind skips only those.
@@ -120,6 +118,11 @@ class Runner:
     def stop_requested(self) -> bool:
         return self._stopping
 
+    @property
+    def creates_in_flight(self) -> int:
+        """Create requests under way: in doubt if the process ends before they answer."""
+        return self._busy_kind["submit"]
+
     def snapshot(self) -> Snapshot:
         counts = {str(state): n for state, n in self.ledger.counts(self.batch).items()}
         return Snapshot(
@@ -138,11 +141,16 @@ class Runner:
         creates for reasons not the job's (403, 404...); nothing is marked failed
         or rejected for either, and the jobs concerned stay pending.
         """
-        recovered = self.ledger.recover_interrupted(self.batch)
-        if recovered:
-            self._tally.failures.append(
-                f"{recovered} job(s) were being submitted when the last run stopped: in doubt"
-            )
+        # The ledger stamps by the run's clock, so what it stores and what is
+        # scheduled agree, whatever the wall clock does meanwhile.
+        wall, self.ledger.clock = self.ledger.clock, self._clock
+        try:
+            return await self._run()
+        finally:
+            self.ledger.clock = wall
+
+    async def _run(self) -> RunReport:
+        recovered = _take_over(self.ledger, self.batch, self._record)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         async with anyio.create_task_group() as tg:
             await self._dispatch(tg)
@@ -167,33 +175,55 @@ class Runner:
             finished_this_run=self._tally.finished,
             failures=list(self._tally.failures),
             dispatch_rounds=self._rounds,
+            halted=self._tally.halt,
         )
 
     # -- the loop ----------------------------------------------------------------
 
     async def _dispatch(self, tg: TaskGroup) -> None:
-        while not self._stopping and self._tally.fatal is None:
+        tally = self._tally
+        while not self._stopping and tally.fatal is None and tally.halt is None:
             # A fresh event before looking: a worker finishing while we wait sets it.
             self._wake = anyio.Event()
             self._rounds += 1
             now = self._clock()
-            free = self.options.concurrency - len(self._busy)
-            if free > 0 and self.options.download:
-                free -= self._start_downloads(tg, free, now)
-            if free > 0:
-                share = poll_share(self.options.concurrency, self._busy_kind["poll"])
-                free -= self._start_polls(tg, min(free, share), now)
-            if free > 0 and self._may_submit(now):
-                free -= self._start_submits(tg, free)
-            if free > 0:
-                free -= self._start_polls(tg, free, now)
-            if not self._busy and self._nothing_left():
-                return
-            with anyio.move_on_after(self._idle_for(now)):
+            try:
+                if self._faults.ledger_busy.paused(now):
+                    pass  # another program holds the ledger: start nothing until it lets go
+                elif self._start_round(tg, now):
+                    return
+                wait = _idle_for(
+                    self.ledger,
+                    self.batch,
+                    now,
+                    self.options.scaled(MAX_IDLE_S),
+                    (self._record.pause.until, self._faults.disk.until),
+                )
+            except LedgerBusy as exc:
+                self._faults.ledger_was_busy(self._tally, self._clock(), exc)
+                wait = self._faults.ledger_busy.until - now
+            with anyio.move_on_after(wait):
                 await self._wake.wait()
 
+    def _start_round(self, tg: TaskGroup, now: float) -> bool:
+        """Start what the free slots allow; True when nothing is left to do in this run."""
+        free = self.options.concurrency - len(self._busy)
+        if free > 0 and self.options.download and not self._faults.disk.paused(now):
+            free -= self._start_downloads(tg, free, now)
+        if free > 0:
+            share = poll_share(self.options.concurrency, self._busy_kind["poll"])
+            free -= self._start_polls(tg, min(free, share), now)
+        if free > 0 and self._may_submit(now):
+            free -= self._start_submits(tg, free)
+        if free > 0:
+            free -= self._start_polls(tg, free, now)
+        return not self._busy and self._nothing_left()
+
     def _may_submit(self, now: float) -> bool:
-        return self._may_submit_ever() and not self._record.pause.paused(now)
+        # While the disk is full, buying more videos that cannot be kept would be waste:
+        # no new create until a download gets through again.
+        full = self._faults.disk.since is not None
+        return self._may_submit_ever() and not self._record.pause.paused(now) and not full
 
     def _may_submit_ever(self) -> bool:
         return self.options.submit and not self._record.budget.spent and self._tally.fatal is None
@@ -226,22 +256,20 @@ class Runner:
     def _page(
         self, kind: Kind, wanted: int, fetch: Callable[[int], list[JobRow]]
     ) -> tuple[list[JobRow], bool]:
-        """The next jobs to consider for ``kind`` (enough for ``wanted``, past those busy),
-        and whether there may be more after them (the page came back full)."""
-        limit = wanted + self._busy_kind[kind]
+        """The next jobs to consider for ``kind`` (enough for ``wanted`` past those busy or
+        set aside: they stay queued), and whether there may be more (the page came back full)."""
+        limit = wanted + self._busy_kind[kind] + len(self._tally.quarantined)
         jobs = fetch(limit)
         return jobs, len(jobs) >= limit
 
     def _start_downloads(self, tg: TaskGroup, free: int, now: float) -> int:
-        retries = self._record.downloads
-        if not (self._tally.look_for_downloads or retries.any_due(now)):
+        due = self.ledger.next_download_time(self.batch)
+        if not (self._tally.look_for_downloads or (due is not None and due <= now)):
             return 0
         jobs, more = self._page(
-            "download", free, lambda n: self.ledger.completed_jobs(self.batch, n)
+            "download", free, lambda n: self.ledger.completed_jobs(self.batch, n, now)
         )
-        started, cut = self._start_each(
-            tg, "download", jobs, free, lambda job: retries.ready(job.id, now)
-        )
+        started, cut = self._start_each(tg, "download", jobs, free, lambda job: True)
         # Seen them all only if the page was short and none was left for lack of room.
         self._tally.look_for_downloads = more or cut
         return started
@@ -291,19 +319,22 @@ class Runner:
                 asked_at = self._clock()
                 self._record.polled(job, await self._workers.poll(job), asked_at)
             else:
-                dest = safe_destination(
-                    self.output_dir,
-                    job_filename(job.idx, job.prompt_id, job.prompt, job.model, job.size, job.take),
-                )
+                dest = _destination(self.output_dir, job)
                 self._record.downloaded(job, await self._workers.download(job, dest))
         except (AuthError, ServiceRefused) as exc:
             self._tally.stop_everything(exc)
+        except LedgerBusy as exc:  # not the job's fault: it is tried again after a wait
+            self._faults.ledger_was_busy(self._tally, self._clock(), exc)
+        except LedgerFull as exc:
+            self._tally.halt = self._tally.halt or f"{exc}: stopped; free some space and run again"
         except Exception as exc:  # a bug, or the ledger changed under us (a `retry` meanwhile)
             # One job's surprise must not end an overnight batch, nor repeat in a
             # tight loop: the job sits out the rest of this run, with the reason.
             log.exception("%s of job %s failed", kind, job.id)
             self._tally.quarantined.add(job.id)
             self._tally.note(job, f"{kind} stopped for this run: {type(exc).__name__}: {exc}")
+        else:
+            self._faults.ledger_busy.clear()  # its outcome was recorded: the lock is free
         finally:
             self._busy.discard(job.id)
             self._busy_kind[kind] -= 1
@@ -312,12 +343,13 @@ class Runner:
     async def _submit(self, job: JobRow) -> None:
         # Decided before the request leaves: nothing may stand between a create's
         # answer and recording its task id (it reads the ledger the first time).
-        first_poll = self._record.renders.first_poll_delay(combo_of(job))
         intent = self._record.intent(job)
         try:
+            first_poll = self._record.renders.first_poll_delay(combo_of(job))
             outcome = await self._workers.submit(job, intent)
         except BaseException:
-            # Cancelled (a stop after the grace period) or a bug: the request may be out.
+            # Cancelled (a stop after the grace period), the ledger failing to read
+            # the render history, or a bug: the request may be out (in doubt), or not.
             with anyio.CancelScope(shield=True):
                 self._record.lost_create(job, intent)
             raise
@@ -335,23 +367,44 @@ class Runner:
         # Quarantined jobs are among those counted, and wait for the next run.
         return workable - len(self._tally.quarantined) <= 0
 
-    def _idle_for(self, now: float) -> float:
-        """How long the dispatcher sleeps, unless a finishing worker wakes it first.
 
-        Only times still ahead count.  Work already due that was not started is
-        waiting for a free slot, or is in flight (a poll whose answer is not in
-        yet): a worker finishing sets the wake event for both.  Counting such
-        past times would make the dispatcher spin, re-querying the ledger,
-        for as long as every slot stays busy.
-        """
-        wake = now + self.options.scaled(MAX_IDLE_S)
-        next_poll = self.ledger.next_poll_time(self.batch)
-        if next_poll is not None and next_poll > now:
-            wake = min(wake, next_poll)
-        retry = self._record.downloads.next_due(now)
-        if retry is not None:
-            wake = min(wake, retry)
-        pause = self._record.pause.until
-        if pause > now:
-            wake = min(wake, pause)
-        return wake - now
+def _take_over(ledger: Ledger, batch: str, record: Recorder) -> int:
+    """Start a run of ``batch``: record what the last run left behind, before anything else.
+
+    The task ids it could not record (its recovery file) go in first; then jobs
+    left ``submitting`` are in doubt.  Returns how many of those there were.
+    """
+    ledger.start_run(batch)
+    found = import_tasks(ledger.path, batch, record.recovered_task)
+    if found:
+        record.tally.failures.append(
+            f"{found} task id(s) the last run could not record were recorded now"
+        )
+    recovered = ledger.recover_interrupted(batch)
+    if recovered:
+        record.tally.failures.append(
+            f"{recovered} job(s) were being submitted when the last run stopped: in doubt"
+        )
+    return recovered
+
+
+def _idle_for(
+    ledger: Ledger, batch: str, now: float, longest: float, pauses: tuple[float, ...]
+) -> float:
+    """How long the dispatcher sleeps (at most ``longest``), unless a finishing worker wakes it.
+
+    Only times still ahead count: the next poll, download retry, or end of a
+    pause.  Work already due that was not started is waiting for a free slot,
+    or is in flight (a poll whose answer is not in yet): a worker finishing
+    sets the wake event for both.  Counting such past times would make the
+    dispatcher spin, re-querying the ledger, for as long as every slot stays busy.
+    """
+    times = (ledger.next_poll_time(batch), ledger.next_download_time(batch), *pauses)
+    ahead = [t for t in times if t is not None and t > now]
+    return min([now + longest, *ahead]) - now
+
+
+def _destination(output_dir: Path, job: JobRow) -> Path:
+    """Where a job's video goes: its own name (see :func:`batchvid.run.files.job_filename`)."""
+    name = job_filename(job.idx, job.prompt_id, job.prompt, job.model, job.size, job.take, job.key)
+    return safe_destination(output_dir, name)

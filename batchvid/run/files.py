@@ -25,13 +25,18 @@ def slug(text: str, max_len: int = 40) -> str:
 
 
 def job_filename(
-    index: int, prompt_id: str | None, prompt: str, model: str, size: str, take: int
+    index: int, prompt_id: str | None, prompt: str, model: str, size: str, take: int, key: str
 ) -> str:
-    """``0007-lighthouse-seedance-2-0-fast-16x9-t2.mp4``: sortable, readable, unique per job."""
+    """``0007-lighthouse-seedance-2-0-fast-16x9-t2-3f9a1c2e.mp4``: sortable, readable, one a job.
+
+    The job key's first eight hex digits make the name the job's own: an edited
+    manifest can give another job the same index, prompt and size (with other
+    seconds, say), never the same key.
+    """
     name = slug(prompt_id, 40) if prompt_id else slug(prompt, 40)
     model_part = slug(short_name(model), 30)
     size_part = slug(size.replace(":", "x"), 12)
-    return f"{index:04d}-{name}-{model_part}-{size_part}-t{take}.mp4"
+    return f"{index:04d}-{name}-{model_part}-{size_part}-t{take}-{slug(key, 8)}.mp4"
 
 
 def safe_destination(output_dir: Path, filename: str) -> Path:

@@ -84,6 +84,9 @@ class RunReport:
     failures: list[str] = field(default_factory=list)
     #: How often the dispatcher looked for work: about a few per job, never a spin.
     dispatch_rounds: int = 0
+    #: Why the run stopped with work left that it could not do (a full disk, a ledger
+    #: it cannot write): nothing was marked failed; run again once it is fixed.
+    halted: str | None = None
 
     @property
     def all_done(self) -> bool:

@@ -22,11 +22,15 @@ from typing import Final
 from ..remote.protocol import RetryPolicy
 
 __all__ = [
+    "DISK_FULL_PATIENCE_S",
     "DOWNLOAD_BACKOFF",
+    "FAULT_BACKOFF",
+    "LEDGER_BUSY_PATIENCE_S",
     "MAX_SUBMIT_PAUSE_S",
     "SUBMIT_BACKOFF",
     "Budget",
     "DownloadRetries",
+    "FaultPause",
     "SubmitPause",
     "poll_share",
 ]
@@ -36,6 +40,13 @@ SUBMIT_BACKOFF: Final = RetryPolicy(wait_initial=2.0, wait_max=300.0, wait_jitte
 #: Longest a server's Retry-After holds back submissions (a longer one is more likely a
 #: skewed clock than a real request; the next 429 says so again if it is real).
 MAX_SUBMIT_PAUSE_S: Final = 3600.0
+#: While a fault lasts (a full disk, a ledger locked by another program), work
+#: waits 5 s, 10 s ... up to a minute between looks.
+FAULT_BACKOFF: Final = RetryPolicy(wait_initial=5.0, wait_max=60.0, wait_jitter=0.0)
+#: How long the disk holding the videos may stay full before the run stops.
+DISK_FULL_PATIENCE_S: Final = 600.0
+#: How long another program may hold the ledger's write lock before the run stops.
+LEDGER_BUSY_PATIENCE_S: Final = 300.0
 #: A job's next download after a failed one: 4 s, 8 s ... up to 2 minutes, +-1 s.
 DOWNLOAD_BACKOFF: Final = RetryPolicy(wait_initial=4.0, wait_max=120.0, wait_jitter=1.0)
 
@@ -117,45 +128,62 @@ class SubmitPause:
 
 @dataclass(slots=True)
 class DownloadRetries:
-    """Each job's download tries in this run: when the next is due, and when they are spent.
+    """Each job's download tries in this run: when the next may start, and when they are spent.
 
-    A job gets ``attempts`` tries per run (each with its own transfer retries
-    and URL refreshes inside); after that it stays ``completed`` for the next run.
+    A job gets ``attempts`` tries per run (each with its own transfer retries,
+    URL refresh and ``/content`` fallback inside); after that it waits, still
+    ``completed``, for the next run.  The times go to the ledger
+    (``next_download_at``), which the download queue is read through.
     """
 
     attempts: int = 5
     scale: float = 1.0
     tries: dict[int, int] = field(default_factory=dict)
-    after: dict[int, float] = field(default_factory=dict)
 
     def failed(self, job_id: int, now: float, draw: float) -> float | None:
-        """Record a failed try; when the next is due (``None``: spent for this run)."""
+        """Record a failed try; when the next may start (``None``: spent for this run)."""
         tries = self.tries.get(job_id, 0) + 1
         self.tries[job_id] = tries
         if tries >= self.attempts:
-            self.after.pop(job_id, None)
             return None
-        due = now + DOWNLOAD_BACKOFF.scaled(self.scale).wait(tries, draw)
-        self.after[job_id] = due
-        return due
-
-    def succeeded(self, job_id: int) -> None:
-        self.after.pop(job_id, None)
+        return now + DOWNLOAD_BACKOFF.scaled(self.scale).wait(tries, draw)
 
     def spent(self, job_id: int) -> bool:
         return self.tries.get(job_id, 0) >= self.attempts
 
-    def ready(self, job_id: int, now: float) -> bool:
-        """Whether the job may be tried now (not waiting out a back-off, not spent)."""
-        return not self.spent(job_id) and self.after.get(job_id, 0.0) <= now
-
     def spent_count(self, excluding: set[int]) -> int:
         return sum(1 for j in self.tries if self.spent(j) and j not in excluding)
 
-    def any_due(self, now: float) -> bool:
-        return any(at <= now for at in self.after.values())
 
-    def next_due(self, now: float) -> float | None:
-        """The earliest back-off still ahead of ``now``."""
-        ahead = [at for at in self.after.values() if at > now]
-        return min(ahead) if ahead else None
+@dataclass(slots=True)
+class FaultPause:
+    """A fault of the whole run (not of one job): work waits, then looks again.
+
+    Each hit in a row waits longer (:data:`FAULT_BACKOFF`); a success clears it.
+    A fault that has lasted ``patience_s`` (scaled) is past waiting out: the
+    run stops, nothing marked failed.
+    """
+
+    patience_s: float
+    scale: float = 1.0
+    since: float | None = None
+    hits: int = 0
+    until: float = 0.0
+
+    def hit(self, now: float) -> float:
+        """Record the fault at ``now``; when to look again."""
+        if self.since is None:
+            self.since = now
+        self.hits += 1
+        self.until = now + FAULT_BACKOFF.scaled(self.scale).wait(self.hits)
+        return self.until
+
+    def clear(self) -> None:
+        self.since, self.hits, self.until = None, 0, 0.0
+
+    def paused(self, now: float) -> bool:
+        return now < self.until
+
+    def outlasted(self, now: float) -> bool:
+        """Whether the fault has lasted past the run's patience."""
+        return self.since is not None and now - self.since >= self.patience_s * self.scale

@@ -13,19 +13,31 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..errors import ApiError, AuthError, RetryableError, ServiceRefused
+from ..errors import ApiError, AuthError, LedgerError, RetryableError, ServiceRefused
 from ..ledger.rows import JobRow
+from ..ledger.schema import NEVER
 from ..ledger.store import Ledger
-from ..remote.protocol import Task, TaskStatus, failure_reason
+from ..remote.protocol import Task, TaskStatus, failure_reason, normalise_status
 from ..remote.urls import url_expiry
-from ..text import clip
-from .policy import Budget, DownloadRetries, SubmitPause
+from ..states import JobState
+from ..text import clip, span
+from .options import RunOptions
+from .policy import (
+    DISK_FULL_PATIENCE_S,
+    LEDGER_BUSY_PATIENCE_S,
+    Budget,
+    DownloadRetries,
+    FaultPause,
+    SubmitPause,
+)
 from .poll_policy import Combo, RenderBook
+from .recovery import keep_task, recovery_path
 from .render_times import observe
 from .workers import DownloadOutcome, Intent, PollOutcome, SubmitOutcome
 
-__all__ = ["Recorder", "Tally", "combo_of"]
+__all__ = ["Faults", "Recorder", "Tally", "combo_of"]
 
 
 def combo_of(job: JobRow) -> Combo:
@@ -47,6 +59,8 @@ class Tally:
     # set when work of that kind may have appeared.
     look_for_downloads: bool = True
     look_for_pending: bool = True
+    #: Why the run stopped before its end (a fault past waiting out); None: it did not.
+    halt: str | None = None
 
     def note(self, job: JobRow, message: str) -> None:
         label = job.prompt_id or clip(job.prompt, 30)
@@ -54,6 +68,50 @@ class Tally:
 
     def stop_everything(self, error: AuthError | ServiceRefused) -> None:
         self.fatal = self.fatal or error
+
+
+@dataclass(slots=True)
+class Faults:
+    """Faults of the whole run, not of one job: each pauses work, then stops the run if it lasts."""
+
+    #: The disk holding the videos is full: downloads and new creates wait.
+    disk: FaultPause = field(default_factory=lambda: FaultPause(DISK_FULL_PATIENCE_S))
+    #: Another program holds the ledger's write lock: all new work waits.
+    ledger_busy: FaultPause = field(default_factory=lambda: FaultPause(LEDGER_BUSY_PATIENCE_S))
+
+    @classmethod
+    def scaled(cls, scale: float) -> Faults:
+        return cls(
+            FaultPause(DISK_FULL_PATIENCE_S, scale=scale),
+            FaultPause(LEDGER_BUSY_PATIENCE_S, scale=scale),
+        )
+
+    def disk_full(self, tally: Tally, now: float, reason: str) -> None:
+        """No space for a video: downloads and new creates wait; the run stops if it lasts."""
+        disk = self.disk
+        first = disk.since is None
+        until = disk.hit(now)
+        if disk.outlasted(now):
+            lasted = span((now - (disk.since or now)) / disk.scale)
+            tally.halt = (
+                f"the disk holding the videos has been full for {lasted} ({reason}): "
+                "stopped, nothing marked failed; free some space and run again"
+            )
+        elif first:
+            tally.failures.append(
+                f"the disk holding the videos is full ({reason}): downloads and new "
+                f"submissions wait, looking again in {span((until - now) / disk.scale)}"
+            )
+
+    def ledger_was_busy(self, tally: Tally, now: float, error: LedgerError) -> None:
+        """Another program held the ledger's lock: all new work waits, then tries again."""
+        busy = self.ledger_busy
+        first = busy.since is None
+        busy.hit(now)
+        if busy.outlasted(now):
+            tally.halt = f"the ledger stayed locked by another program ({error}): stopped"
+        elif first:
+            tally.failures.append(f"{error}; waiting for it")
 
 
 @dataclass(slots=True)
@@ -70,8 +128,32 @@ class Recorder:
     #: False: the run stops at ``completed`` (a job counts as finished there).
     download: bool = True
     tally: Tally = field(default_factory=Tally)
+    faults: Faults = field(default_factory=lambda: Faults())
 
     # -- creates ------------------------------------------------------------
+
+    @classmethod
+    def for_run(
+        cls,
+        ledger: Ledger,
+        renders: RenderBook,
+        options: RunOptions,
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> Recorder:
+        """A recorder with the policies ``options`` ask for, on the run's clock."""
+        scale = options.time_scale
+        return cls(
+            ledger,
+            renders,
+            Budget(options.budget_usd),
+            SubmitPause(scale=scale),
+            DownloadRetries(options.download_attempts, scale=scale),
+            clock,
+            rng,
+            download=options.download,
+            faults=Faults.scaled(scale),
+        )
 
     def intent(self, job: JobRow) -> Intent:
         """The create's intent: durable before the request leaves; the claim is spent then."""
@@ -91,14 +173,18 @@ class Recorder:
                 task = outcome.task
                 assert task is not None
                 # First, before anything else: the id of a paid task.
-                self.ledger.record_submitted(
-                    job.id,
-                    task.id,
-                    task.raw_status or None,
-                    self.clock() + first_poll,
-                    seen=task.status.job_state,
-                    server_created_at=task.created_at,
-                )
+                try:
+                    self.ledger.record_submitted(
+                        job.id,
+                        task.id,
+                        task.raw_status or None,
+                        self.clock() + first_poll,
+                        seen=task.status.job_state,
+                        server_created_at=task.created_at,
+                    )
+                except LedgerError as exc:
+                    self._keep_task(job, task, exc)
+                    raise
                 self.pause.reset()
             case "rejected" if intent.sent:
                 self.ledger.record_rejected(job.id, outcome.code, outcome.reason)
@@ -119,6 +205,58 @@ class Recorder:
                 assert outcome.refusal is not None
                 self._release(job, intent, f"the API refused the create ({outcome.refusal})")
                 self.tally.stop_everything(outcome.refusal)
+
+    def _keep_task(self, job: JobRow, task: Task, error: LedgerError) -> None:
+        """A paid task the ledger could not take: its id goes to stderr and the recovery
+        file, and the run stops (the next one records it first)."""
+        entry = {
+            "batch": job.batch,
+            "job_id": job.id,
+            "key": job.key,
+            "task_id": task.id,
+            "remote_status": task.raw_status,
+            "server_created_at": task.created_at,
+            "error": str(error),
+        }
+        where = recovery_path(self.ledger.path)
+        kept = keep_task(self.ledger.path, entry)
+        self.tally.halt = (
+            f"the ledger could not record task {task.id} of job #{job.idx} ({error}); "
+            + (f"its id is kept in {where}, and " if kept else "its id is in the log above; ")
+            + "the next run records it"
+        )
+
+    def recovered_task(self, entry: dict[str, Any]) -> bool:
+        """Record a task id the recovery file kept (see :mod:`batchvid.run.recovery`).
+
+        Its job waits ``submitting`` or ``in_doubt``: it takes the task, due for
+        polling now.  A job that has moved on since (the user retried it) cannot:
+        the task is named in the run's failures and left alone.
+        """
+        try:
+            job = self.ledger.get_job(int(entry["job_id"]))
+        except (KeyError, TypeError, ValueError, LedgerError):
+            return False
+        task_id = str(entry.get("task_id") or "")
+        if job.key != entry.get("key") or not task_id or job.task_id == task_id:
+            return job.task_id == task_id
+        if job.state not in (JobState.SUBMITTING, JobState.IN_DOUBT):
+            self.tally.failures.append(
+                f"#{job.idx}: task {task_id} was recovered, but the job is {job.state} now; "
+                "that task is left upstream"
+            )
+            return True
+        status = str(entry.get("remote_status") or "")
+        self.ledger.record_submitted(
+            job.id,
+            task_id,
+            status or None,
+            self.clock(),
+            seen=normalise_status(status).job_state,
+            server_created_at=entry.get("server_created_at"),
+            recovered=True,
+        )
+        return True
 
     def lost_create(self, job: JobRow, intent: Intent) -> None:
         """The run stopped (or a bug struck) while a create may have been in flight."""
@@ -234,9 +372,11 @@ class Recorder:
 
     def downloaded(self, job: JobRow, outcome: DownloadOutcome) -> None:
         """Record a download try: the file, a vanished task, or a failure to try again."""
-        if outcome.kind == "fetched" and outcome.result is not None:
+        if outcome.kind == "disk_full":
+            self.faults.disk_full(self.tally, self.clock(), outcome.reason)
+        elif outcome.kind == "fetched" and outcome.result is not None:
             result = outcome.result
-            self.downloads.succeeded(job.id)
+            self.faults.disk.clear()
             self.ledger.record_downloaded(
                 job.id, str(result.path), result.size, result.sha256, refreshes=result.refreshes
             )
@@ -247,7 +387,8 @@ class Recorder:
         else:
             if outcome.fresh_url is not None:
                 self.ledger.refresh_url(job.id, outcome.fresh_url, url_expiry(outcome.fresh_url))
-            self.ledger.record_download_error(job.id, outcome.reason)
-            if self.downloads.failed(job.id, self.clock(), self.rng.random()) is None:
+            retry_at = self.downloads.failed(job.id, self.clock(), self.rng.random())
+            self.ledger.record_download_error(job.id, outcome.reason, retry_at or NEVER)
+            if retry_at is None:
                 tries = self.downloads.tries[job.id]
                 self.tally.note(job, f"download failed {tries} times: {outcome.reason}")

@@ -21,6 +21,7 @@ from typing import Literal
 from ..errors import (
     ApiError,
     AuthError,
+    DiskFull,
     DownloadError,
     InDoubtError,
     RejectedError,
@@ -87,10 +88,11 @@ class PollOutcome:
 
 @dataclass(frozen=True, slots=True)
 class DownloadOutcome:
-    """How a download try ended: ``fetched`` (``result``), ``vanished`` (``reason``) or
-    ``failed`` (``reason``; ``fresh_url``: a signed URL a refresh gave meanwhile)."""
+    """How a download try ended: ``fetched`` (``result``), ``vanished`` (``reason``),
+    ``failed`` (``reason``; ``fresh_url``: a signed URL a refresh gave meanwhile), or
+    ``disk_full`` (nothing wrong with the video: no space to keep it)."""
 
-    kind: Literal["fetched", "vanished", "failed"]
+    kind: Literal["fetched", "vanished", "failed", "disk_full"]
     result: DownloadResult | None = None
     reason: str = ""
     fresh_url: str | None = None
@@ -149,6 +151,8 @@ class Workers:
             return DownloadOutcome("vanished", reason=reason)
         except AuthError:
             raise
+        except DiskFull as exc:
+            return DownloadOutcome("disk_full", reason=str(exc))
         except DownloadError as exc:
             return DownloadOutcome("failed", reason=str(exc), fresh_url=exc.fresh_url)
         except (ApiError, OSError) as exc:

@@ -255,6 +255,8 @@ class _ApiRoutes:
 
     async def content(self, request: Request) -> Response:
         state = self.state
+        if not state.config.content:
+            return await self.not_found(request, HTTPException(404))
         task = state.tasks.get(request.path_params["task_id"])
         if task is None:
             return _error(state, SimError(400, "task_not_exist", "task_not_exist"))

@@ -94,6 +94,7 @@ class SimConfig:
     p_ignore_range: float = 0.0
     p_content_redirect: float = 0.0
     video_url: bool = True
+    content: bool = True
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -149,6 +150,7 @@ KNOB_HELP: Final = {
     "p_content_redirect": "Probability that GET /v1/videos/{id}/content answers 302 to the "
     "task's signed CDN URL instead of streaming the video itself",
     "video_url": "Include video_url in finished tasks (false: clients must use /content)",
+    "content": "Serve GET /v1/videos/{id}/content (false: 404, a gateway without that route)",
     "seed": "Seed for every random choice (same seed and requests, same run)",
 }
 

@@ -11,13 +11,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from run_helpers import matrix_manifest
 
 from batchvid.cli import cli
 from batchvid.ledger import Ledger
@@ -54,26 +54,8 @@ def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def manifest(tmp_path: Path, prompts: int = 3) -> Path:
-    """prompts x 2 models x 5 sizes = 10 jobs per prompt."""
-    lines = "\n".join(f'  - "take {i}: a gull over the harbour"' for i in range(prompts))
-    path = tmp_path / "batch.yaml"
-    path.write_text(
-        textwrap.dedent(
-            """\
-            version: 1
-            batch: crash
-            output_dir: out
-            defaults: {seconds: 5, resolution: 480p}
-            matrix:
-              model: [doubao-seedance-2-0-fast, doubao-seedance-1-0-pro]
-              size: ["16:9", "9:16", "1:1", "4:3", "21:9"]
-            prompts:
-            """
-        )
-        + lines
-        + "\n"
-    )
-    return path
+    """prompts x 2 models x 5 sizes = 10 jobs per prompt, in batch ``crash``."""
+    return matrix_manifest(tmp_path, prompts=prompts, batch="crash")
 
 
 @pytest.fixture
@@ -169,19 +151,26 @@ def test_sigint_stops_cleanly_with_130_and_the_run_resumes(
     assert external_sim.stats()["duplicate_creates"] == 0
 
 
-def test_sigkill_at_random_moments_loses_nothing_and_pays_nothing_twice(
+def test_twenty_kills_in_a_night_with_faults_lose_nothing_and_pay_nothing_twice(
     tmp_path: Path, external_sim: Simulator
 ) -> None:
     ledger = tmp_path / "l.db"
     env = sim_env(external_sim, ledger)
     path = manifest(tmp_path, prompts=5)
     # Renders of 2-6 s and at most 10 live tasks: the batch is busy for ~20 s of run time,
-    # so the kills land during submits, polls and downloads alike.
-    external_sim.configure(time_scale=0.05)
+    # so the kills land during submits, polls and downloads alike; and the night is rough.
+    external_sim.configure(
+        time_scale=0.05,
+        p_5xx=0.05,
+        p_drop_after_create=0.03,
+        p_truncate=0.2,
+        p_cdn_error=0.05,
+        url_ttl=2.0,
+    )
     slow = [*run_args(path), "--time-scale", "0.05", "--max-active", "10"]
     rng = random.Random(1234)
     kills = 0
-    for _ in range(12):
+    for _ in range(24):
         process = start(*slow, env=env)
         time.sleep(rng.uniform(0.3, 1.6))
         if process.poll() is None:
@@ -189,7 +178,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_pays_nothing_twice(
             kills += 1
         process.communicate(timeout=30)
         check_ledger(ledger)
-    assert kills >= 10
+    assert kills >= 20
     final = batchvid(*slow, env=env)
     assert final.returncode in (0, 1), final.stderr
     stats = external_sim.stats()
@@ -216,6 +205,24 @@ def test_sigkill_at_random_moments_loses_nothing_and_pays_nothing_twice(
             )
     # Nothing half-written sits under a final name.
     assert set(on_disk) == {Path(j.file_path).name for j in jobs if j.state == "downloaded"}
+
+
+def test_a_second_interrupt_says_which_creates_will_be_in_doubt(
+    tmp_path: Path, external_sim: Simulator
+) -> None:
+    ledger = tmp_path / "l.db"
+    external_sim.configure(create_delay=5.0)  # every create is answered after 5 s
+    process = start(*run_args(manifest(tmp_path)), env=sim_env(external_sim, ledger))
+    deadline = time.monotonic() + 30
+    while external_sim.stats()["creates"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "second interrupt" in err and "in flight will be in_doubt on the next run" in err
+    assert "retry crash --in-doubt" in err
 
 
 def test_status_and_retry(tmp_path: Path, external_sim: Simulator) -> None:
@@ -325,3 +332,30 @@ def test_a_wrong_base_url_stops_the_run_and_rejects_no_job(
     assert (
         batchvid(*run_args(manifest(tmp_path)), env=sim_env(external_sim, ledger)).returncode == 0
     )
+
+
+def test_videos_that_cannot_be_fetched_end_the_run_with_exit_1_and_the_way_on(
+    tmp_path: Path, external_sim: Simulator
+) -> None:
+    """The CDN refuses everything and there is no /content: each job has its tries, the
+    run ends (it does not hang), exits 1 and says the next run downloads them."""
+    ledger = tmp_path / "l.db"
+    external_sim.configure(p_cdn_error=1.0, content=False)
+    result = batchvid(*run_args(manifest(tmp_path, prompts=1)), env=sim_env(external_sim, ledger))
+    assert result.returncode == 1, result.stderr
+    assert "completed=10" in result.stdout and "download failed 5 times" in result.stdout
+    assert "rendered, not downloaded (10)" in result.stdout
+    with Ledger(ledger) as store:
+        assert store.status("crash")["states"]["completed"] == 10
+
+
+def test_a_run_stopped_by_a_fault_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    from batchvid.cli.run import _print_summary, exit_code_of
+    from batchvid.run.options import RunReport
+
+    halt = "the disk holding the videos has been full for 10 min: stopped, nothing marked failed"
+    report = RunReport("b", {"completed": 3, "downloaded": 7}, Path("out"), 900.0, halted=halt)
+    _print_summary(report, Path("l.db"), "m.yaml")
+    out = capsys.readouterr().out
+    assert "b: stopped in 15 min" in out and f"stopped early: {halt}" in out
+    assert exit_code_of(report) == 1

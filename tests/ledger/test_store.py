@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlite_utils
@@ -101,6 +102,7 @@ def test_migrations_apply_once_and_reopening_keeps_data(path: Path, clock: Clock
         ("batchvid", "m002_axes_and_endpoint"),
         ("batchvid", "m003_download_queue"),
         ("batchvid", "m004_render_evidence"),
+        ("batchvid", "m005_download_schedule"),
     ]
 
 
@@ -469,3 +471,38 @@ def test_two_processes_never_submit_the_same_job_twice(path: Path) -> None:
     with Ledger(path) as ledger:
         assert all(len(ledger.events(i)) == 1 for i in range(1, 61))
         assert ledger.verify() == []
+
+
+def test_a_ledger_on_a_read_only_mount_can_still_be_read(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only mount cannot hold the WAL's shared-memory file: status and reports read
+    the ledger as immutable instead (its changes all checkpointed)."""
+    with Ledger(path) as writer:
+        add_batch(writer, "b")
+        writer.upsert_jobs("b", specs(2))
+    real = sqlite3.connect
+
+    class ReadOnlyMount:
+        """What SQLite gives a WAL file it may not add a -shm file to."""
+
+        row_factory = None
+
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self._conn = conn
+
+        def execute(self, *args: object) -> None:
+            raise sqlite3.OperationalError("unable to open database file")
+
+        def close(self) -> None:
+            self._conn.close()
+
+    def connect(target: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = real(target, *args, **kwargs)
+        if "mode=ro" in str(target) and "immutable=1" not in str(target):
+            return ReadOnlyMount(conn)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with Ledger(path, read_only=True) as reader:
+        assert reader.status("b")["total"] == 2

@@ -28,10 +28,12 @@ def test_the_action_table_covers_every_edge_of_the_state_machine() -> None:
     edges = {(s, dst) for _, sources, dst in ACTIONS.values() for s in sources if s != dst}
     edges |= {
         (S.SUBMITTING, S.IN_PROGRESS),  # record_submitted with a running task
-        (S.FAILED, S.PENDING),  # retry_failed
-        (S.IN_DOUBT, S.PENDING),  # retry_in_doubt
-        (S.STALLED, S.QUEUED),  # retry_stalled
-        (S.STALLED, S.IN_PROGRESS),  # retry_stalled
+        (S.FAILED, S.PENDING),  # retry(FAILED)
+        (S.IN_DOUBT, S.PENDING),  # retry(IN_DOUBT)
+        (S.IN_DOUBT, S.QUEUED),  # record_submitted(recovered=True)
+        (S.IN_DOUBT, S.IN_PROGRESS),  # the same, with a running task
+        (S.STALLED, S.QUEUED),  # retry(STALLED)
+        (S.STALLED, S.IN_PROGRESS),  # retry(STALLED)
     }
     assert edges == {(s, d) for s, targets in TRANSITIONS.items() for d in targets}
 
@@ -184,3 +186,31 @@ def test_download_errors_are_kept_until_the_download_succeeds(ledger: Ledger) ->
     row = ledger.get_job(job_id)
     assert (row.file_path, row.bytes, row.sha256) == ("out/a.mp4", 10, "cd" * 32)
     assert row.error_message is None and row.downloaded_utc == row.finished_utc
+
+
+def test_a_stall_counts_the_poll_that_found_it_and_keeps_why(ledger: Ledger) -> None:
+    job_id = add_job(ledger)
+    reach(ledger, job_id, S.QUEUED)
+    ledger.record_stalled(job_id, "still rendering after 12 min")
+    row = ledger.get_job(job_id)
+    assert (row.state, row.polls, row.error_message) == (
+        S.STALLED,
+        1,
+        "still rendering after 12 min",
+    )
+
+
+def test_a_recovered_task_id_reaches_a_job_left_submitting_or_in_doubt(ledger: Ledger) -> None:
+    waiting, doubted = add_job(ledger, "a"), add_job(ledger, "b", index=2)
+    reach(ledger, waiting, S.SUBMITTING)
+    reach(ledger, doubted, S.IN_DOUBT)
+    with pytest.raises(IllegalTransition):  # an in-doubt job takes a task only recovered
+        ledger.record_submitted(doubted, "task_x", "queued", T0)
+    for job_id in (waiting, doubted):
+        state = ledger.record_submitted(
+            job_id, f"task_{job_id}", "IN_PROGRESS", T0, seen=S.IN_PROGRESS, recovered=True
+        )
+        row = ledger.get_job(job_id)
+        assert state is S.IN_PROGRESS and row.task_id == f"task_{job_id}"
+        assert row.error_message is None and row.finished_utc is None
+        assert (ledger.events(job_id)[-1].detail or {})["recovered"] is True

@@ -86,15 +86,30 @@ async def test_expired_url_is_refreshed_by_querying_the_task_again(
     assert stats["creates"] == 1  # a download never re-creates the video
 
 
-async def test_refreshing_is_bounded(sim: Simulator, tmp_path: Path) -> None:
-    sim.configure(url_ttl=0.0)
+async def test_refreshing_is_bounded_then_content_serves_the_video(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.configure(url_ttl=0.0)  # every signed URL is already expired
     async with fast_client(sim, max_refreshes=2) as client:
         task = await finished_task(client)
-        with pytest.raises(UrlExpired):
-            await client.download(task, tmp_path / "v.mp4")
-        with pytest.raises(UrlExpired):  # a bare URL cannot be refreshed at all
+        result = await client.download(task, tmp_path / "v.mp4")
+        with pytest.raises(UrlExpired):  # a bare URL can be neither refreshed nor replaced
             await client.download(task.video_url or "", tmp_path / "w.mp4")
-    assert sim.stats()["counters"]["cdn_refused"] == 3 + 1
+    stats = sim.stats()
+    assert (result.refreshes, result.via_content) == (2, True)
+    assert result.sha256 == stats["tasks"][task.id]["sha256"]
+    assert stats["counters"]["cdn_refused"] == 3 + 1
+    assert stats["counters"]["content_requests"] == 1
+
+
+async def test_without_content_the_expired_url_is_reported(
+    sim: Simulator, client: CometClient, tmp_path: Path
+) -> None:
+    sim.configure(url_ttl=0.0, content=False)
+    task = await finished_task(client)
+    with pytest.raises(DownloadError, match=r"not_found|404"):
+        await client.download(task, tmp_path / "v.mp4")
+    assert not list(tmp_path.iterdir())
 
 
 async def test_cdn_errors_are_retried(sim: Simulator, client: CometClient, tmp_path: Path) -> None:
@@ -526,3 +541,21 @@ async def test_an_unusable_bare_url_is_a_download_error_without_any_request(
         with pytest.raises(DownloadError, match="no usable download URL"):
             await client.download("https://cdn.example/a b.mp4", tmp_path / "v.mp4")
     assert recorder.requests == []
+
+
+def test_a_full_disk_leaves_no_empty_note_beside_the_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from batchvid.errors import DiskFull
+    from batchvid.remote import download
+
+    def no_space(self: Path, *args: object, **kwargs: object) -> int:
+        self.touch()  # the file is made, then the write fails
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    with pytest.raises(DiskFull):
+        download._write_meta(tmp_path / "v.mp4", "task:t1", '"e1"')
+    assert list(tmp_path.iterdir()) == []

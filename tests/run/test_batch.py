@@ -69,3 +69,14 @@ def test_the_expanders_jobs_are_recorded_with_their_axes_and_cost(tmp_path: Path
     assert [r.axes for r in rows] == [j.axes for j in plan.jobs]
     assert rows[0].axes == (("size", "16:9"), ("style", "noir"))
     assert [r.est_cost_usd for r in rows] == [pytest.approx(0.5)] * 4  # 5 s at $0.10
+
+
+def test_a_symlinked_ledger_is_the_same_batch_for_the_lock(tmp_path: Path) -> None:
+    real = tmp_path / "state" / "l.db"
+    real.parent.mkdir()
+    real.touch()
+    alias = tmp_path / "alias.db"
+    alias.symlink_to(real)
+    with batch_lock(real, "b"), pytest.raises(LedgerError, match="already being run"):  # noqa: SIM117
+        with batch_lock(alias, "b"):
+            pass

@@ -4,83 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from run_helpers import OPTIONS, SCALE, ledger_jobs, matrix_manifest, run_once
 
 from batchvid.errors import AuthError
 from batchvid.ledger import Ledger
-from batchvid.manifest.plan import Plan, load_plan
-from batchvid.run.batch import Endpoint, Prepared, prepare, run_batch
-from batchvid.run.options import RunOptions, RunReport
+from batchvid.manifest.plan import load_plan
+from batchvid.run.batch import Endpoint, prepare
 from batchvid.sim.server import Simulator, serve_simulator
 from batchvid.sim.state import SimConfig
 from batchvid.states import JobState as S
 
 pytestmark = pytest.mark.anyio
 
-SCALE = 0.002  # a 60 s render takes 0.12 s
-
-
-def matrix_manifest(tmp_path: Path, *, prompts: int = 5, extra: str = "") -> Path:
-    """prompts x 2 models x 5 sizes = 10 jobs per prompt."""
-    lines = "\n".join(f'  - "shot {i}: waves on a pier, {{style}}"' for i in range(prompts))
-    path = tmp_path / "batch.yaml"
-    path.write_text(
-        textwrap.dedent(
-            """\
-            version: 1
-            batch: e2e
-            output_dir: out
-            defaults: {seconds: 5, resolution: 480p}
-            matrix:
-              model: [doubao-seedance-2-0-fast, doubao-seedance-1-0-pro]
-              size: ["16:9", "9:16", "1:1", "4:3", "21:9"]
-              style: [noir]
-            prompts:
-            """
-        )
-        + lines
-        + "\n"
-        + extra
-    )
-    return path
-
-
-OPTIONS = RunOptions(
-    rate_per_minute=None, concurrency=8, max_active=64, poll_interval=10, time_scale=SCALE
-)
-
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     async with serve_simulator(SimConfig(time_scale=SCALE, seed=7)) as simulator:
         yield simulator
-
-
-async def run_once(
-    tmp_path: Path,
-    sim: Simulator,
-    plan: Plan,
-    options: RunOptions = OPTIONS,
-    *,
-    key: str | None = None,
-) -> tuple[RunReport, Prepared]:
-    endpoint = Endpoint(sim.base_url, key or sim.api_key)
-    ledger_path = tmp_path / "ledger.db"
-    with Ledger(ledger_path) as ledger:
-        prepared = prepare(ledger, plan, endpoint, ledger_path)
-        report = await run_batch(ledger, prepared, endpoint, options)
-    return report, prepared
-
-
-def ledger_jobs(tmp_path: Path) -> list[Any]:
-    with Ledger(tmp_path / "ledger.db") as ledger:
-        return list(ledger.jobs("e2e"))
 
 
 async def test_fifty_job_batch_downloads_every_video_verified(
@@ -385,7 +332,9 @@ async def test_downloads_that_keep_failing_end_the_run_with_their_tries_spent(
 ) -> None:
     """Each job gets its tries in this run, then stays completed for the next; the run ends."""
     options = replace(OPTIONS, download_attempts=3, concurrency=16)
-    async with serve_simulator(SimConfig(time_scale=SCALE, seed=2, p_cdn_error=1.0)) as sim:
+    async with serve_simulator(
+        SimConfig(time_scale=SCALE, seed=2, p_cdn_error=1.0, content=False)
+    ) as sim:
         report, _ = await run_once(
             tmp_path, sim, load_plan(matrix_manifest(tmp_path, prompts=1)), options
         )
@@ -395,3 +344,37 @@ async def test_downloads_that_keep_failing_end_the_run_with_their_tries_spent(
     assert {j.download_errors for j in jobs} == {3}
     assert any("download failed 3 times" in f for f in report.failures)
     assert stats["duplicate_creates"] == 0
+
+
+async def test_a_wall_clock_stepped_back_or_ahead_moves_no_poll_and_stalls_no_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NTP steps the clock back two minutes, then a hand sets it three hours ahead (past
+    max_wait), while tasks render: every job is still noticed and downloaded on time."""
+    import time
+
+    scale = 0.02  # renders of about 1.2 s
+    real = time.time
+    step = [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() + step[0])
+    options = replace(OPTIONS, concurrency=8, max_active=10, time_scale=scale, max_wait=3600)
+    plan = load_plan(matrix_manifest(tmp_path, prompts=2))
+    async with serve_simulator(SimConfig(time_scale=scale, seed=4)) as sim:
+
+        async def step_the_clock() -> None:
+            await anyio.sleep(0.6)
+            step[0] = -120.0
+            await anyio.sleep(0.6)
+            step[0] = 3 * 3600.0
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(step_the_clock)
+            with anyio.fail_after(60):
+                report, _ = await run_once(tmp_path, sim, plan, options)
+        stats = sim.stats()
+    assert report.all_done and report.counts["downloaded"] == 20, report.counts
+    assert report.elapsed_s < 60  # measured on the run's clock: never negative, never hours
+    lags = sorted(
+        t["seen_done_t"] - t["created_t"] - t["duration_s"] for t in stats["tasks"].values()
+    )
+    assert lags[len(lags) // 2] < 1.0, lags  # noticed within a second, not two minutes later

@@ -61,15 +61,15 @@ def test_a_servers_retry_after_is_a_floor_up_to_an_hour() -> None:
 
 def test_download_tries_back_off_then_are_spent_for_the_run() -> None:
     retries = DownloadRetries(attempts=3)
-    assert retries.ready(7, now=0.0)
-    first = retries.failed(7, now=0.0, draw=0.0)
-    assert first == 4.0 and not retries.ready(7, now=3.9) and retries.ready(7, now=4.0)
-    assert retries.next_due(now=1.0) == 4.0 and retries.any_due(now=4.0)
+    assert not retries.spent(7)
+    assert retries.failed(7, now=0.0, draw=0.0) == 4.0  # the first: 4 s
     assert retries.failed(7, now=4.0, draw=0.5) == pytest.approx(4.0 + 8.0 + 0.5)
+    assert not retries.spent(7)
     assert retries.failed(7, now=20.0, draw=0.0) is None  # the third: spent
-    assert retries.spent(7) and not retries.ready(7, now=1e9)
+    assert retries.spent(7) and not retries.spent(8)
     assert retries.spent_count(excluding=set()) == 1 and retries.spent_count(excluding={7}) == 0
-    assert retries.next_due(now=20.0) is None
+    half = DownloadRetries(attempts=5, scale=0.5)
+    assert [half.failed(1, now=0.0, draw=0.0) for _ in range(5)] == [2.0, 4.0, 8.0, 16.0, None]
 
 
 def test_one_backoff_formula() -> None:

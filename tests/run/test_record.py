@@ -43,7 +43,7 @@ def recorder(ledger: Ledger) -> Recorder:
         Budget(),
         SubmitPause(),
         DownloadRetries(),
-        ledger._clock,
+        ledger.clock,
         random.Random(1),
     )
 
