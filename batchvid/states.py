@@ -11,8 +11,10 @@
     in_progress  -> completed | failed | stalled
     completed    -> downloaded
                   | failed           (the task vanished upstream before the download)
-    failed       -> pending          (retry --failed: a new, billed attempt)
+    failed       -> pending          (retry --failed, or the retry policy: a new, billed attempt)
     stalled      -> queued | in_progress   (retry --stalled: the same task, polled again)
+                  | pending          (the retry policy: a new attempt; the stalled
+                                      task is split off into an extra take, still watched)
     downloaded, rejected: final
 
 The table :data:`TRANSITIONS` is the single source of truth; the ledger checks
@@ -79,11 +81,12 @@ TRANSITIONS: Final[Mapping[JobState, frozenset[JobState]]] = MappingProxyType(
         # failed: the task vanished upstream before the video could be fetched.
         S.COMPLETED: frozenset({S.DOWNLOADED, S.FAILED}),
         S.DOWNLOADED: frozenset(),
-        # retry --failed: a new attempt (a new task, billed again).
+        # retry --failed or the retry policy: a new attempt (a new task, billed again).
         S.FAILED: frozenset({S.PENDING}),
         S.REJECTED: frozenset(),
-        # retry --stalled: resume polling the same task.
-        S.STALLED: frozenset({S.QUEUED, S.IN_PROGRESS}),
+        # retry --stalled: resume polling the same task; pending: a new attempt by the
+        # retry policy (the stalled task goes on, split off as an extra take).
+        S.STALLED: frozenset({S.QUEUED, S.IN_PROGRESS, S.PENDING}),
     }
 )
 

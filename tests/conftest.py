@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from batchvid.remote.client import CometClient
+from batchvid.sim.config import SimConfig
 from batchvid.sim.server import Simulator, SimulatorThread, serve_simulator
-from batchvid.sim.state import SimConfig
 
 #: Renders take a few tens of milliseconds; seeded so runs repeat.
 FAST_SIM = SimConfig(time_scale=0.0005, seed=7)

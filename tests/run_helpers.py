@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from batchvid.ledger import Ledger
+from batchvid.manifest import Retries
 from batchvid.manifest.plan import Plan
 from batchvid.run.batch import Endpoint, Prepared, prepare, run_batch
 from batchvid.run.options import RunOptions, RunReport
@@ -41,6 +42,9 @@ def matrix_manifest(
     )
     return path
 
+
+#: No automatic new attempts: every FAILED, ERROR, vanished or stalled task ends its job.
+NO_RETRIES = Retries(error=0, failed=0, vanished=0, stalled=0)
 
 OPTIONS = RunOptions(
     rate_per_minute=None, concurrency=8, max_active=64, poll_interval=10, time_scale=SCALE

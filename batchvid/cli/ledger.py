@@ -41,9 +41,12 @@ def status(batch: str | None, ledger: str | None, as_json: bool) -> None:
     """Counts per state of BATCH (or of every batch), from the ledger.
 
     Lists in-doubt, failed and stalled jobs with their reasons (the first
-    20 of each; `batchvid report` lists every one). Reading is
-    safe while a run is going on. --json prints
-    {"batch", "total", "states": {STATE: count}} (a list when BATCH is omitted).
+    20 of each; `batchvid report` lists every one), the automatic retries
+    made and the policy that made them, and the extra takes kept (earlier
+    attempts that went on after a stall). Reading is safe while a run is
+    going on. --json prints {"batch", "total", "states": {STATE: count},
+    "retries": {KIND: count}, "extra_takes": {STATE: count}} (a list when
+    BATCH is omitted).
     """
     with open_ledger(ledger_path_of(ledger), create=False) as store:
         if as_json:
@@ -67,9 +70,19 @@ def _print_status(store: Ledger, batch: str) -> None:
     states = data["states"]
     counts = "  ".join(f"{s} {states[s]}" for s in ORDER if states.get(s))
     click.echo(f"{batch}: {data['total']} jobs  {counts}")
+    if data["retries"]:
+        made = ", ".join(f"{kind} {n}" for kind, n in data["retries"].items())
+        row = store.get_batch(batch)
+        policy = ", ".join(f"{k}: {v}" for k, v in (row.retry if row else {}).items())
+        click.echo(f"  automatic retries: {made}" + (f" (retry {{{policy}}})" if policy else ""))
+    if data["extra_takes"]:
+        kept = ", ".join(f"{state} {n}" for state, n in data["extra_takes"].items())
+        click.echo(f"  extra takes (earlier attempts that went on after a stall): {kept}")
     for state in _LISTED_STATES:
         for job in store.jobs_in_states(batch, [state], limit=STATUS_LISTED):
             label = job.prompt_id or " ".join(job.prompt.split())[:40]
+            if job.extra_of is not None:
+                label += f" (attempt {job.attempts}, extra take)"
             reason = " ".join((job.error_message or "").split())[:120]
             click.echo(f"  {job.state:<9} #{job.idx} {label}: {reason}")
         if states[state] > STATUS_LISTED:
@@ -93,7 +106,9 @@ def retry(batch: str, failed: bool, in_doubt: bool, stalled: bool, ledger: str |
     """Give jobs of BATCH another chance; then `batchvid run MANIFEST` again.
 
     Nothing is sent by this command: it only changes states in the ledger
-    (each change is an event that keeps the old task id).
+    (each change is an event that keeps the old task id). This is the
+    manual way; `run` also retries ERROR, vanished (and, if the manifest's
+    `retry:` says so, FAILED and stalled) on its own, but never in_doubt.
     """
     if not (failed or in_doubt or stalled):
         raise click.UsageError("say which jobs: --failed, --in-doubt and/or --stalled")

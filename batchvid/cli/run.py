@@ -21,7 +21,7 @@ import click
 
 from ..errors import BatchvidError, ManifestError
 from ..ledger.store import DEFAULT_LEDGER, Ledger
-from ..manifest.model import Limits
+from ..manifest.model import MAX_RETRIES, RETRY_KEYS, Limits, Retries
 from ..manifest.plan import batch_name_of, load_plan
 from ..report.advice import next_steps
 from ..run.batch import (
@@ -95,6 +95,16 @@ def exit_code_of(report: RunReport) -> int:
     "--no-download", is_flag=True, help="Stop at 'completed': do not download the videos."
 )
 @click.option(
+    "--retry",
+    "retry_flags",
+    multiple=True,
+    metavar="KIND=N",
+    callback=lambda _ctx, _param, value: _retry_flags(value),
+    help="New attempts a job gets automatically after an outcome of KIND: error, failed, "
+    "vanished or stalled (repeat it: --retry error=3 --retry stalled=1) [manifest retry; "
+    "default error=2 failed=0 vanished=1 stalled=0]. in_doubt is never retried automatically.",
+)
+@click.option(
     "--time-scale",
     type=click.FloatRange(min=0, min_open=True, max=1),
     metavar="FACTOR",
@@ -112,6 +122,7 @@ def run(
     max_active: int | None,
     poll_interval: float | None,
     no_download: bool,
+    retry_flags: dict[str, int],
     time_scale: float | None,
 ) -> None:
     """Submit, poll and download every job of MANIFEST; resumable at any time.
@@ -123,8 +134,16 @@ def run(
     its new jobs.
 
     A create whose answer was lost is marked in_doubt and never retried on
-    its own: it may have been billed. `batchvid retry BATCH --in-doubt`
-    resubmits such jobs when you decide to.
+    its own, by any policy: it may have been billed. `batchvid retry BATCH
+    --in-doubt` resubmits such jobs when you decide to.
+
+    Automatic retries (the manifest's `retry:`, or --retry): a task that ends
+    ERROR gets 2 new attempts, one that vanished upstream 1; FAILED (the
+    provider refused the content) and stalled get none unless you ask. Each
+    new attempt is a new task, billed and counted against budget_usd, and
+    waits 30 s, 60 s ... up to 10 minutes. A stalled task is not dropped when
+    its job is retried: it is watched on (every 5 minutes, for 2 hours), and
+    its video, if it comes, is kept as an extra take.
 
     \b
     A run always ends. Downloads get 5 tries per run (4, 8, 16, 32 s apart;
@@ -152,11 +171,12 @@ def run(
         "poll_interval": poll_interval,
     }
 
-    def options_from(limits: Limits, budget: float | None) -> RunOptions:
+    def options_from(limits: Limits, budget: float | None, retry: Retries) -> RunOptions:
         options = options_for(limits, overrides)
         if rate_per_minute == 0:
             options = replace(options, rate_per_minute=None)
-        options = replace(options, download=not no_download, budget_usd=budget)
+        retry = replace(retry, **retry_flags)
+        options = replace(options, download=not no_download, budget_usd=budget, retry=retry)
         return options if time_scale is None else replace(options, time_scale=time_scale)
 
     try:
@@ -165,13 +185,32 @@ def run(
         _finish_paid_work(exc, manifest, ledger_path, endpoint, options_from)
         raise  # nothing waits on the API: the CLI group prints every issue, exit 2
     print_issues(plan.warnings)
-    options = options_from(plan.manifest.limits, plan.manifest.budget_usd)
+    options = options_from(plan.manifest.limits, plan.manifest.budget_usd, plan.manifest.retry)
     with open_ledger(ledger_path, check=True) as store, batch_lock(ledger_path, plan.batch):
         prepared = prepare(store, plan, endpoint, ledger_path)
         _announce(plan.batch, len(plan.jobs), prepared, endpoint, ledger_path)
         report = anyio.run(_run_with_display, store, prepared, endpoint, options)
     _print_summary(report, ledger_path, manifest)
     click.get_current_context().exit(exit_code_of(report))
+
+
+def _retry_flags(values: tuple[str, ...]) -> dict[str, int]:
+    """``--retry error=3 --retry stalled=1`` as ``{"error": 3, "stalled": 1}``."""
+    flags: dict[str, int] = {}
+    for value in values:
+        kind, _, count = value.partition("=")
+        kind = kind.strip().replace("-", "_")
+        if kind not in RETRY_KEYS:
+            never = " (in_doubt jobs are never retried automatically)" if kind == "in_doubt" else ""
+            raise click.BadParameter(
+                f"{value!r}: KIND is one of {', '.join(RETRY_KEYS)}{never}", param_hint="--retry"
+            )
+        if not count.strip().isdigit() or int(count) > MAX_RETRIES:
+            raise click.BadParameter(
+                f"{value!r}: N is a whole number from 0 to {MAX_RETRIES}", param_hint="--retry"
+            )
+        flags[kind] = int(count)
+    return flags
 
 
 def _endpoint(simulate: bool, base_url: str | None) -> Endpoint:
@@ -209,7 +248,7 @@ def _finish_paid_work(
     manifest: str,
     ledger_path: Path,
     endpoint: Endpoint,
-    options_from: Callable[[Limits, float | None], RunOptions],
+    options_from: Callable[[Limits, float | None, Retries], RunOptions],
 ) -> None:
     """An invalid manifest submits nothing, but tasks already paid for are still finished.
 
@@ -226,7 +265,8 @@ def _finish_paid_work(
         row = store.get_batch(batch)
         assert row is not None
         limits = Limits(**{k: v for k, v in row.limits.items() if k in Limits.__slots__})
-        options = replace(options_from(limits, row.budget_usd), submit=False)
+        # Nothing is submitted, so the retry policy makes no new attempt either.
+        options = replace(options_from(limits, row.budget_usd, Retries()), submit=False)
         print_issues(error.issues)
         click.echo(
             "the manifest has errors (above), so nothing new is submitted; finishing the "
@@ -364,5 +404,26 @@ def _print_summary(report: RunReport, ledger_path: Path, manifest: str) -> None:
         click.echo(f"- {step.title} ({n}): {step.why}; {step.command.replace('`', '')}")
     if report.budget_blocked:
         click.echo("- the budget stopped further submissions (raise budget_usd to go on)")
+    for line in _retry_lines(report):
+        click.echo(line)
     if ledger_path != Path(os.environ.get("BATCHVID_LEDGER") or DEFAULT_LEDGER):
         click.echo(f"ledger: {ledger_path}")
+
+
+def _retry_lines(report: RunReport) -> list[str]:
+    """What the retry policy did for the batch: new attempts, their cost, extra takes."""
+    lines = []
+    if report.retries:
+        made = sum(n for n, _ in report.retries.values())
+        kinds = ", ".join(f"{kind} {n}" for kind, (n, _) in report.retries.items())
+        cost = sum(usd for _, usd in report.retries.values())
+        priced = f", est. ${cost:,.2f}" if cost else ""
+        lines.append(f"automatic retries: {_count(made, 'new attempt')} ({kinds}){priced}")
+    if report.extras:
+        states = ", ".join(f"{n} {state}" for state, n in report.extras.items())
+        watched = sum(report.extras.get(s, 0) for s in ("queued", "in_progress"))
+        later = (
+            "; `batchvid run` again picks up what the ones still rendering make" if watched else ""
+        )
+        lines.append(f"earlier attempts kept as extra takes: {states}{later}")
+    return lines

@@ -1,8 +1,8 @@
 """``batchvid simulator``: serve the built-in CometAPI simulator until Ctrl-C.
 
 The main CLI registers this command with ``cli.add_command(simulator)``.  Every
-knob of :class:`~batchvid.sim.state.SimConfig` is a flag; its help text comes
-from :data:`~batchvid.sim.state.KNOB_HELP`, so the two cannot drift apart.
+knob of :class:`~batchvid.sim.config.SimConfig` is a flag; its help text comes
+from :data:`~batchvid.sim.config.KNOB_HELP`, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import click
 
+from ..sim.config import KNOB_HELP, SimConfig
 from ..sim.server import Simulator, run_simulator
-from ..sim.state import KNOB_HELP, SimConfig
 
 __all__ = ["simulator"]
 
@@ -69,6 +69,9 @@ def _knob(name: str, type_: Any = None) -> Callable[[_F], _F]:
 @_knob("completed_at", click.Choice(["seconds", "absent", "created"]))
 @_knob("fail_rate", _SHARE)
 @_knob("error_rate", _SHARE)
+@_knob("hang_rate", _SHARE)
+@_knob("hang_factor", click.FloatRange(min=1.0))
+@_knob("vanish_rate", _SHARE)
 @_knob("rate_limit", click.IntRange(min=0))
 @_knob("rate_window", click.FloatRange(min=0.0, min_open=True))
 @_knob("retry_after", _SECONDS)

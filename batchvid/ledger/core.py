@@ -128,8 +128,15 @@ class LedgerCore:
         now = self.clock()
         return {"now": utc_iso(now), "now_at": now}
 
-    def _move(
+    def _move(self, job_id: int, *step: Any, durable: bool = False, **named: Any) -> JobState:
+        """One job's state change (or same-state update) and its event, in a transaction
+        of its own (``durable``: fsynced); the arguments are :meth:`_step`'s."""
+        with self._write(durable=durable) as conn:
+            return self._step(conn, job_id, *step, **named)
+
+    def _step(
         self,
+        conn: sqlite3.Connection,
         job_id: int,
         action: str,
         sources: Iterable[JobState],
@@ -137,41 +144,39 @@ class LedgerCore:
         sets: str = "",
         params: Mapping[str, Any] | None = None,
         detail: Mapping[str, Any] | None = None,
-        *,
-        durable: bool = False,
     ) -> JobState:
-        """Apply one job's state change (or same-state update) and its event, atomically.
+        """Apply one job's state change (or same-state update) and its event, inside the
+        write transaction ``conn`` (several steps may share one commit).
 
         ``sources`` are the states ``action`` applies to; ``target`` is the new
         state, or a function of the current one.  A change of state must be in
         the transition table and writes an ``events`` row; staying put does not.
         """
-        with self._write(durable=durable) as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise LedgerError(f"no job with id {job_id}")
-            current = JobState(row[0])
-            if current not in frozenset(sources):
-                raise IllegalTransition(f"job {job_id}: cannot {action} a {current} job")
-            new = target(current) if callable(target) else target
-            if new != current:
-                check_transition(current, new, job=job_id)
-            values = {"id": job_id, "src": current.value, "dst": new.value, **self._stamp()}
-            values.update(params or {})
-            updated = conn.execute(
-                "UPDATE jobs SET state = :dst, updated_utc = :now"
-                + (f", {sets}" if sets else "")
-                + " WHERE id = :id AND state = :src",
-                values,
+        row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no job with id {job_id}")
+        current = JobState(row[0])
+        if current not in frozenset(sources):
+            raise IllegalTransition(f"job {job_id}: cannot {action} a {current} job")
+        new = target(current) if callable(target) else target
+        if new != current:
+            check_transition(current, new, job=job_id)
+        values = {"id": job_id, "src": current.value, "dst": new.value, **self._stamp()}
+        values.update(params or {})
+        updated = conn.execute(
+            "UPDATE jobs SET state = :dst, updated_utc = :now"
+            + (f", {sets}" if sets else "")
+            + " WHERE id = :id AND state = :src",
+            values,
+        )
+        if updated.rowcount != 1:  # cannot happen while we hold the write lock
+            raise IllegalTransition(f"job {job_id}: changed under us during {action}")
+        if new != current:
+            conn.execute(
+                "INSERT INTO events (job_id, from_state, to_state, at_utc, detail_json)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (job_id, current.value, new.value, values["now"], _json(detail)),
             )
-            if updated.rowcount != 1:  # cannot happen while we hold the write lock
-                raise IllegalTransition(f"job {job_id}: changed under us during {action}")
-            if new != current:
-                conn.execute(
-                    "INSERT INTO events (job_id, from_state, to_state, at_utc, detail_json)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (job_id, current.value, new.value, values["now"], _json(detail)),
-                )
         return new
 
     def _move_batch(
@@ -182,9 +187,16 @@ class LedgerCore:
         sets: str,
         detail_sql: str,
         params: Mapping[str, Any] | None = None,
+        *,
+        jobs_only: bool = False,
     ) -> int:
-        """Move every ``src`` job of a batch (to ``dst_sql``, evaluated per row) with events."""
+        """Move every ``src`` job of a batch (to ``dst_sql``, evaluated per row) with events.
+
+        ``jobs_only``: leave extra takes (earlier attempts kept beside a job) where they are.
+        """
         where = "WHERE batch = :batch AND state = :src"
+        if jobs_only:
+            where += " AND extra_of IS NULL"
         values = {"batch": batch, "src": src.value, **self._stamp(), **(params or {})}
         with self._write() as conn:
             conn.execute(

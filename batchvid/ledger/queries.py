@@ -92,9 +92,23 @@ class LedgerQueries(LedgerCore):
         rows = self._rows("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,))
         return [Event.from_row(r) for r in rows]
 
-    def pending_jobs(self, batch: str, limit: int) -> list[JobRow]:
-        """The next jobs to submit, in manifest order."""
-        return self._jobs_where("state = 'pending'", "idx, id", batch, limit)
+    def pending_jobs(self, batch: str, limit: int, now: float | None = None) -> list[JobRow]:
+        """The next jobs to submit, in manifest order.
+
+        With ``now``, only those free to go (an automatic retry waits out its back-off).
+        """
+        due = "" if now is None else " AND (retry_at IS NULL OR retry_at <= :at)"
+        return self._jobs_where("state = 'pending'" + due, "idx, id", batch, limit, now)
+
+    def next_retry_time(self, batch: str) -> float | None:
+        """The earliest back-off end of a pending job's automatic retry (``None``: none)."""
+        rows = self._rows(
+            """SELECT min(retry_at) FROM jobs INDEXED BY jobs_retry_queue
+            WHERE batch = ? AND state = 'pending' AND retry_at IS NOT NULL""",
+            (batch,),
+        )
+        value: float | None = rows[0][0]
+        return value
 
     def due_polls(self, batch: str, now: float | None = None, limit: int = 100) -> list[JobRow]:
         """Live tasks whose ``next_poll_at`` has come, the most overdue first."""
@@ -172,29 +186,78 @@ class LedgerQueries(LedgerCore):
         value: float | None = rows[0][0]
         return value
 
-    def active_count(self, batch: str) -> int:
-        """Jobs holding a task slot: submitting, queued, in_progress."""
+    def downloadable_count(self, batch: str) -> int:
+        """Completed jobs (extra takes too) a download may still be tried for in this run."""
         rows = self._rows(
-            f"SELECT count(*) FROM jobs WHERE batch = ? AND state IN ({_ACTIVE_SQL})", (batch,)
+            """SELECT count(*) FROM jobs INDEXED BY jobs_download_queue
+            WHERE batch = ? AND state = 'completed' AND coalesce(next_download_at, 0) < ?""",
+            (batch, NEVER),
         )
         return int(rows[0][0])
 
-    def counts(self, batch: str) -> dict[JobState, int]:
-        """How many jobs of the batch are in each state (every state listed, zeros too)."""
+    def active_count(self, batch: str) -> int:
+        """Jobs holding a task slot: submitting, queued, in_progress (extra takes hold none:
+        a stalled task, still watched, must not keep the batch from going on)."""
+        rows = self._rows(
+            f"SELECT count(*) FROM jobs WHERE batch = ? AND state IN ({_ACTIVE_SQL})", (batch,)
+        )
+        extras = self._extra_states(batch)
+        return int(rows[0][0]) - sum(extras.get(s.value, 0) for s in ACTIVE_STATES)
+
+    def _extra_states(self, batch: str) -> dict[str, int]:
+        """The batch's extra takes per state (few: their own small index, not a scan)."""
+        return dict(
+            self._rows(
+                """SELECT state, count(*) FROM jobs INDEXED BY jobs_extra_of
+                WHERE extra_of IS NOT NULL AND batch = ? GROUP BY state""",
+                (batch,),
+                tuples=True,
+            )
+        )
+
+    def counts(self, batch: str, *, extras: bool = False) -> dict[JobState, int]:
+        """How many jobs of the batch are in each state (every state listed, zeros too).
+
+        The batch's jobs, one per manifest job; with ``extras``, the earlier
+        attempts split off them instead (see ``Ledger.record_stalled``).
+        """
+        # All rows by the covering (batch, state) index, less the few extra takes.
+        split = self._extra_states(batch)
+        if extras:
+            return {s: int(split.get(s.value, 0)) for s in JobState}
         found = dict(
             self._rows("SELECT state, count(*) FROM jobs WHERE batch = ? GROUP BY state", (batch,))
         )
-        return {s: int(found.get(s.value, 0)) for s in JobState}
+        return {s: int(found.get(s.value, 0)) - int(split.get(s.value, 0)) for s in JobState}
+
+    def retries_made(self, batch: str) -> dict[str, tuple[int, float]]:
+        """The automatic new attempts made for the batch's jobs, per kind of outcome, with
+        what they are estimated to cost (USD; 0 when unpriced)."""
+        rows = self._rows(
+            """SELECT r.key, total(r.value), total(r.value * coalesce(est_cost_usd, 0))
+            FROM jobs, json_each(jobs.retries_json) AS r
+            WHERE batch = ? AND retries_json != '{}' GROUP BY r.key ORDER BY r.key""",
+            (batch,),
+            tuples=True,
+        )
+        return {kind: (int(n), float(cost)) for kind, n, cost in rows}
 
     def status(self, batch: str) -> dict[str, Any]:
-        """DESIGN's ``status --json`` object: ``{"batch", "total", "states": {...}}``."""
+        """DESIGN's ``status --json`` object: ``{"batch", "total", "states": {...}}``.
+
+        Plus ``retries`` (automatic new attempts made, per kind of outcome) and
+        ``extra_takes`` (earlier attempts kept beside their jobs, per state).
+        """
         if self.get_batch(batch) is None:
             raise LedgerError(f"no batch named {batch!r} in {self.path}")
         counts = self.counts(batch)
+        extras = self.counts(batch, extras=True)
         return {
             "batch": batch,
             "total": sum(counts.values()),
             "states": {s.value: n for s, n in counts.items()},
+            "retries": {kind: n for kind, (n, _) in self.retries_made(batch).items()},
+            "extra_takes": {s.value: n for s, n in extras.items() if n},
         }
 
     def statuses(self) -> list[dict[str, Any]]:

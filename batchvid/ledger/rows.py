@@ -22,7 +22,9 @@ from ..request import VideoRequest
 from ..states import JobState
 
 __all__ = [
+    "EXTRA_KEY_MARK",
     "JOB_COLUMNS",
+    "AutoRetry",
     "BatchRow",
     "Event",
     "JobRow",
@@ -33,6 +35,20 @@ __all__ = [
     "references_json",
     "utc_iso",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class AutoRetry:
+    """A new attempt the retry policy gives a job whose attempt just ended.
+
+    ``kind``: the outcome it answers (``error``, ``failed``, ``vanished``,
+    ``stalled``); ``retry_at``: the job is not submitted before then (the
+    back-off); ``rule``: what allowed it (``"retry.error = 2"``), for the event.
+    """
+
+    kind: str
+    retry_at: float
+    rule: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +181,21 @@ class JobRow(NamedTuple):
     render_hi_s: float | None
     render_s: float | None
     next_download_at: float | None
+    retries_json: str
+    retry_at: float | None
+    extra_of: int | None
+
+    @property
+    def source_key(self) -> str | None:
+        """For an extra take (``extra_of`` set), the key of the job it is an earlier attempt of."""
+        if self.extra_of is None:
+            return None
+        return self.key.rsplit(EXTRA_KEY_MARK, 1)[0]
+
+    @property
+    def retries(self) -> dict[str, int]:
+        """The automatic new attempts made so far, per kind of outcome (``{"error": 1}``)."""
+        return dict(_decode_retries(self.retries_json))
 
     @property
     def render_seconds(self) -> float | None:
@@ -220,6 +251,13 @@ def _decode_axes(text: str) -> tuple[tuple[str, str], ...]:
     return tuple((str(name), str(value)) for name, value in json.loads(text))
 
 
+@lru_cache(maxsize=256)
+def _decode_retries(text: str) -> tuple[tuple[str, int], ...]:
+    if text == "{}":
+        return ()
+    return tuple((str(kind), int(n)) for kind, n in json.loads(text).items())
+
+
 @lru_cache(maxsize=4096)
 def _decode_references(text: str) -> tuple[StoredReference, ...]:
     if text == "[]":
@@ -227,6 +265,8 @@ def _decode_references(text: str) -> tuple[StoredReference, ...]:
     return tuple(StoredReference(**r) for r in json.loads(text))
 
 
+#: An extra take's key: its job's key, this mark, and the attempt it was (``<key>~a1``).
+EXTRA_KEY_MARK: Final = "~a"
 #: The ``jobs`` columns in :class:`JobRow` field order, for ``SELECT``.
 JOB_COLUMNS: Final = ", ".join(JobRow._fields)
 _STATE: Final = JobRow._fields.index("state")
@@ -249,6 +289,8 @@ class BatchRow:
     updated_utc: str
     endpoint: str | None
     """The API base URL the batch last ran against, or ``"simulator"``; ``None``: not run yet."""
+    retry: dict[str, int] = field(default_factory=dict)
+    """The retry policy (``retry:``) the batch last ran under; empty: never run with one."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> BatchRow:
@@ -263,6 +305,7 @@ class BatchRow:
             created_utc=row["created_utc"],
             updated_utc=row["updated_utc"],
             endpoint=row["endpoint"],
+            retry=json.loads(row["retry_json"]),
         )
 
 

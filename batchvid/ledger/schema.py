@@ -208,6 +208,31 @@ _migration(m005_download_schedule)
 NEVER: Final = 1e18
 
 
+def m006_retries(db: sqlite_utils.Database) -> None:
+    """Automatic new attempts (the manifest's ``retry:``) and the earlier attempts they keep.
+
+    - ``jobs.retries_json``: the automatic new attempts made so far, per kind of
+      outcome (``{"error": 1}``);
+    - ``jobs.retry_at``: a pending job's earliest next submission (the back-off);
+    - ``jobs.extra_of``: this row is an earlier attempt of that job, split off
+      when the job was retried after a stall: its task is still watched, and
+      its video, if it comes, is an extra take;
+    - ``batches.retry_json``: the policy the batch last ran under.
+    """
+    db.execute("ALTER TABLE jobs ADD COLUMN retries_json TEXT NOT NULL DEFAULT '{}'")
+    db.execute("ALTER TABLE jobs ADD COLUMN retry_at REAL")
+    db.execute("ALTER TABLE jobs ADD COLUMN extra_of INTEGER REFERENCES jobs (id)")
+    db.execute("ALTER TABLE batches ADD COLUMN retry_json TEXT NOT NULL DEFAULT '{}'")
+    db.execute(
+        """CREATE INDEX jobs_retry_queue ON jobs (batch, retry_at)
+        WHERE state = 'pending' AND retry_at IS NOT NULL"""
+    )
+    db.execute("CREATE INDEX jobs_extra_of ON jobs (extra_of) WHERE extra_of IS NOT NULL")
+
+
+_migration(m006_retries)
+
+
 def _connect(path: Path, target: str | Path, *, uri: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (every write an explicit transaction), rows by name."""
     try:

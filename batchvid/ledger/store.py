@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from ..errors import LedgerError
 from ..states import JobState, check_transition
+from .attempts import NEW_ATTEMPT, AttemptTransitions
 from .queries import LedgerQueries
 from .rows import BatchRow, NewJob, axes_json, references_json, utc_iso
 from .schema import migrations
@@ -29,23 +30,13 @@ DEFAULT_LEDGER: Final = Path("state/batchvid.db")
 S = JobState
 _INTERRUPTED: Final = "interrupted while a create request may have been in flight"
 
-# Per-attempt fields, cleared when a job goes back to pending for a new attempt.
-_NEW_ATTEMPT: Final = """task_id = NULL, remote_status = NULL, progress = NULL, polls = 0,
-    next_poll_at = NULL, watch_started_at = NULL, video_url = NULL,
-    video_url_expires_at = NULL, error_code = NULL, error_message = NULL,
-    download_errors = 0, submitted_utc = NULL, queued_utc = NULL, started_utc = NULL,
-    completed_utc = NULL, finished_utc = NULL, sent_at = NULL, answered_at = NULL,
-    last_running_at = NULL, server_created_at = NULL, server_completed_at = NULL,
-    render_lo_s = NULL, render_hi_s = NULL, render_s = NULL, next_download_at = NULL"""
-
-
 #: What ``Ledger.retry`` does to the jobs of a state: where they may go, where they go
 #: (SQL, per row), the columns set, and what the event keeps (SQL).
 _RETRIES: Final[Mapping[JobState, tuple[frozenset[JobState], str, str, str]]] = {
     S.FAILED: (
         frozenset({S.PENDING}),
         "'pending'",
-        _NEW_ATTEMPT,
+        NEW_ATTEMPT,
         """json_object('previous_task_id', task_id, 'error_code', error_code,
             'error_message', error_message, 'attempt', attempts)""",
     ),
@@ -66,7 +57,7 @@ _RETRIES: Final[Mapping[JobState, tuple[frozenset[JobState], str, str, str]]] = 
 }
 
 
-class Ledger(RunTransitions, LedgerQueries):
+class Ledger(RunTransitions, AttemptTransitions, LedgerQueries):
     """One ledger file, open and migrated.  Thread-safe; use as a context manager.
 
     ``clock`` returns unix seconds (``time.time``); tests inject their own.
@@ -185,7 +176,10 @@ class Ledger(RunTransitions, LedgerQueries):
         - failed -> pending: a new attempt (a new task, billed again); the old
           task id stays in the event;
         - in_doubt -> pending: resubmitted; a duplicate task may be billed;
-        - stalled -> queued/in_progress: the same task, due for polling now.
+        - stalled -> queued/in_progress: the same task, due for polling now (an
+          extra take's too: watched again).
+
+        An extra take that failed stays failed: its job has had a new attempt.
 
         Returns how many jobs moved.
         """
@@ -194,11 +188,19 @@ class Ledger(RunTransitions, LedgerQueries):
         targets, dst_sql, sets, detail_sql = _RETRIES[state]
         for target in targets:
             check_transition(state, target)
-        return self._move_batch(batch, state, dst_sql, sets, detail_sql)
+        # A new attempt is for a job, never for an extra take: its job has one already.
+        jobs_only = S.PENDING in targets
+        return self._move_batch(batch, state, dst_sql, sets, detail_sql, jobs_only=jobs_only)
 
-    def start_run(self, batch: str) -> int:
-        """A run begins: completed jobs may be downloaded again at once.  Returns how many."""
+    def start_run(self, batch: str, *, retry: Mapping[str, int] | None = None) -> int:
+        """A run begins: completed jobs may be downloaded again at once (returns how many),
+        and ``retry``, the policy it runs under, is recorded for reports."""
         with self._write() as conn:
+            if retry is not None:
+                conn.execute(
+                    "UPDATE batches SET retry_json = ? WHERE name = ?",
+                    (json.dumps(dict(retry)), batch),
+                )
             return int(
                 conn.execute(
                     """UPDATE jobs SET next_download_at = NULL

@@ -1,5 +1,8 @@
 """The transitions of a run: a job's create, its polls and its download, as named writes.
 
+How an attempt ends without a video (failed, stalled) and the new attempts
+the retry policy makes are in :mod:`batchvid.ledger.attempts`.
+
 Every method is one state change (or same-state update) and its event,
 atomic (see :mod:`batchvid.ledger.core`).  Cost is counted per attempt:
 ``billable_attempts`` is raised when a create intent is recorded and lowered
@@ -57,7 +60,7 @@ class RunTransitions(LedgerCore):
                 """UPDATE jobs SET state = 'submitting', attempts = attempts + 1,
                     billable_attempts = billable_attempts + 1, submitted_utc = :now,
                     sent_at = :now_at, error_code = NULL, error_message = NULL,
-                    updated_utc = :now
+                    retry_at = NULL, updated_utc = :now
                 WHERE id = :id AND state = 'pending'""",
                 [{"id": i, "now": now, "now_at": now_at} for i in ids],
             ).rowcount
@@ -233,45 +236,6 @@ class RunTransitions(LedgerCore):
                 "hi": render.hi if render else None,
                 "render_s": render_s,
             },
-        )
-
-    def record_failed(
-        self,
-        job_id: int,
-        code: str | None,
-        message: str,
-        *,
-        remote_status: str | None = None,
-    ) -> None:
-        """queued/in_progress (or completed, task gone) -> failed; the reason is kept."""
-        self._move(
-            job_id,
-            "fail",
-            POLLING_STATES | {S.COMPLETED},
-            S.FAILED,
-            """error_code = :code, error_message = :message, polls = polls + 1,
-               remote_status = coalesce(:remote_status, remote_status),
-               next_poll_at = NULL, finished_utc = :now""",
-            {"code": code, "message": message, "remote_status": remote_status},
-            {"code": code, "message": message},
-        )
-
-    def record_stalled(
-        self, job_id: int, reason: str = "still not finished after max_wait"
-    ) -> None:
-        """queued/in_progress -> stalled: given up on for this run (``reason`` is kept).
-
-        The poll that found it still running counts; polling stops.
-        """
-        self._move(
-            job_id,
-            "stall",
-            POLLING_STATES,
-            S.STALLED,
-            """next_poll_at = NULL, finished_utc = :now, polls = polls + 1,
-               error_code = 'stalled', error_message = :reason""",
-            {"reason": reason},
-            {"reason": reason},
         )
 
     def refresh_url(

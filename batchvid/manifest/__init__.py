@@ -12,7 +12,7 @@ May import: the shared vocabulary (``batchvid.errors``, ``catalogue``,
 from __future__ import annotations
 
 from .expand import JobSpec, expand, job_key
-from .model import Limits, Manifest
+from .model import Limits, Manifest, Retries
 from .parse import parse_manifest
 from .plan import Plan, Totals, batch_name_of, load_plan
 
@@ -21,6 +21,7 @@ __all__ = [
     "Limits",
     "Manifest",
     "Plan",
+    "Retries",
     "Totals",
     "batch_name_of",
     "expand",

@@ -1,7 +1,7 @@
 """The manifest's vocabulary: its keys, and what a parsed manifest is made of.
 
 Plain data (:class:`Manifest`, :class:`PromptEntry`, :class:`Setting`,
-:class:`Axis`, :class:`Reference`, :class:`Limits`) and the keys each level
+:class:`Axis`, :class:`Reference`, :class:`Limits`, :class:`Retries`) and the keys each level
 accepts; :mod:`batchvid.manifest.parse` fills them in.
 """
 
@@ -26,7 +26,9 @@ __all__ = [
     "DURATION_UNITS",
     "LIMIT_KEYS",
     "MAX_REPEAT",
+    "MAX_RETRIES",
     "PROMPT_KEYS",
+    "RETRY_KEYS",
     "SETTING_KEYS",
     "TOP_KEYS",
     "VAR_NAME",
@@ -35,6 +37,7 @@ __all__ = [
     "Manifest",
     "PromptEntry",
     "Reference",
+    "Retries",
     "Setting",
     "hashable",
     "show",
@@ -50,6 +53,7 @@ TOP_KEYS: Final = (
     "prompts",
     "repeat",
     "limits",
+    "retry",
     "pricing",
     "budget_usd",
 )
@@ -68,6 +72,10 @@ VAR_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
 DURATION_UNITS: Final = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_REPEAT: Final = 1000
+#: The outcomes a job may get new attempts for, automatically (``retry:``).
+RETRY_KEYS: Final = ("error", "failed", "vanished", "stalled")
+#: The most automatic new attempts a manifest may allow for one kind of outcome.
+MAX_RETRIES: Final = 10
 
 
 def suggest(word: str, candidates: Iterable[str], *, listing: bool = False) -> str:
@@ -143,6 +151,39 @@ class Limits:
     poll_interval: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """``retry``: how many new attempts a job gets automatically, per kind of outcome.
+
+    - ``error``: the task ended ERROR ("an internal error stopped it"), usually
+      transient: retried twice by default;
+    - ``failed``: FAILED, the provider rejected the content: the same request
+      fails again, so never by default (the reason is shown instead);
+    - ``vanished``: the task was forgotten upstream before its video was fetched;
+    - ``stalled``: still not finished when the stall rule gave up on it.  The
+      stalled task keeps being watched; if it finishes, its video is kept too.
+
+    ``in_doubt`` is never retried automatically: a create whose answer was lost
+    may have been billed, so resubmitting it stays the user's decision.
+    """
+
+    error: int = 2
+    failed: int = 0
+    vanished: int = 1
+    stalled: int = 0
+
+    def allowed(self, kind: str) -> int:
+        """New attempts allowed for ``kind`` (one of :data:`RETRY_KEYS`)."""
+        value: int = getattr(self, kind)
+        return value
+
+    def as_dict(self) -> dict[str, int]:
+        return {key: self.allowed(key) for key in RETRY_KEYS}
+
+    def __str__(self) -> str:
+        return "{" + ", ".join(f"{k}: {v}" for k, v in self.as_dict().items()) + "}"
+
+
 @dataclass(slots=True)
 class Manifest:
     """A parsed manifest. Fields that failed to parse hold their defaults."""
@@ -158,6 +199,7 @@ class Manifest:
     prompts: list[PromptEntry] = field(default_factory=list)
     repeat: int = 1
     limits: Limits = field(default_factory=Limits)
+    retry: Retries = field(default_factory=Retries)
     #: model id (or id prefix) -> USD per output second, or {resolution: USD}.
     pricing: dict[str, float | dict[str, float]] = field(default_factory=dict)
     budget_usd: float | None = None

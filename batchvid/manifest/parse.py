@@ -20,12 +20,15 @@ from . import source as nodes
 from .model import (
     BATCH_NAME,
     LIMIT_KEYS,
+    MAX_RETRIES,
     PROMPT_KEYS,
+    RETRY_KEYS,
     SETTING_KEYS,
     TOP_KEYS,
     Limits,
     Manifest,
     PromptEntry,
+    Retries,
     Setting,
     suggest,
 )
@@ -87,6 +90,8 @@ class _Parser(FieldReader):
             m.repeat = self.repeat(present["repeat"], "repeat") or 1
         if "limits" in present:
             m.limits = self.limits(present["limits"])
+        if "retry" in present:
+            m.retry = self.retry(present["retry"])
         if "pricing" in present:
             m.pricing = self.pricing(present["pricing"])
         if "budget_usd" in present:
@@ -118,6 +123,26 @@ class _Parser(FieldReader):
             else:
                 values[key] = self.number(value, where, integer=True, minimum=1)
         return Limits(**{k: v for k, v in values.items() if v is not None})
+
+    def retry(self, node: Node) -> Retries:
+        """``retry: {error: 2, failed: 0, vanished: 1, stalled: 0}``: keys left out keep
+        their defaults."""
+        values: dict[str, int] = {}
+        for key, key_node, value in self.items(node, "retry"):
+            where = f"retry.{key}"
+            if key not in RETRY_KEYS:
+                never = (
+                    "; in_doubt jobs are never retried automatically" if key == "in_doubt" else ""
+                )
+                message = f"unknown outcome{suggest(key, RETRY_KEYS, listing=True)}{never}"
+                self.error(key_node, where, message)
+                continue
+            count = self.number(value, where, integer=True, minimum=0)
+            if count is not None and count > MAX_RETRIES:
+                self.error(value, where, f"at most {MAX_RETRIES} new attempts, not {count}")
+            elif count is not None:
+                values[key] = count
+        return Retries(**values)
 
     def pricing(self, node: Node) -> dict[str, float | dict[str, float]]:
         prices: dict[str, float | dict[str, float]] = {}

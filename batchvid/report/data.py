@@ -20,6 +20,10 @@ Figures, and how they are counted:
 - *cost*: ``est_cost_usd * billable_attempts`` (see :mod:`batchvid.ledger`):
   every attempt that may have been billed, failed and in-doubt ones included.
   Only shown when the batch has ``pricing``.
+- *jobs* are the manifest's; an *extra take* is an earlier attempt of a job,
+  split off when the retry policy gave the job a new attempt after a stall,
+  whose task went on (its cost stays counted on the job).  CSV and JSON have a
+  row for each, naming the job it came from.
 
 User text (prompts, ids, server messages) is never trusted: control characters
 are made visible in text, Markdown punctuation is escaped in Markdown, and the
@@ -62,6 +66,7 @@ __all__ = [
     "percentile",
     "plain",
     "rate",
+    "retry_summary",
     "secs",
     "state_summary",
     "template_axes",
@@ -108,6 +113,8 @@ CSV_COLUMNS: Final = (
     "error_code",
     "error_message",
     "download_errors",
+    "auto_retries",
+    "extra_take_of",
 )
 
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -157,6 +164,8 @@ def job_values(job: JobRow, render: float | None) -> tuple[Any, ...]:
         None if cost is None else round(cost, 6),
         *(job.file_path, job.bytes, job.sha256, job.error_code, job.error_message),
         job.download_errors,
+        job.retries,
+        job.source_key,
     )
 
 
@@ -218,6 +227,12 @@ class ReportData:
 
     batch: BatchRow
     jobs: tuple[JobRow, ...]
+    extras: tuple[JobRow, ...]
+    """Earlier attempts kept beside their jobs (stalled, then retried), by index."""
+    retries: dict[str, int]
+    """The automatic new attempts made, per kind of outcome."""
+    retry_cost_usd: float | None
+    """What those new attempts are estimated to cost (``None``: the batch has no pricing)."""
     generated_utc: str
     counts: dict[JobState, int]
     models: tuple[ModelSummary, ...]
@@ -244,6 +259,14 @@ class ReportData:
     def priced(self) -> bool:
         return bool(self.batch.pricing)
 
+    def extras_of(self) -> dict[int, list[JobRow]]:
+        """The extra takes of each job that has any, by the job's id."""
+        found: dict[int, list[JobRow]] = defaultdict(list)
+        for extra in self.extras:
+            if extra.extra_of is not None:
+                found[extra.extra_of].append(extra)
+        return found
+
     def in_state(self, *states: JobState) -> list[JobRow]:
         return [j for j in self.jobs if j.state in states]
 
@@ -253,8 +276,16 @@ class ReportData:
 
 def build_report(batch: BatchRow, jobs: Iterable[JobRow], *, now: float) -> ReportData:
     """Compute a batch's report figures from its rows (pure; ``now`` is unix seconds)."""
-    rows = tuple(jobs)
-    times = {j.id: t for j in rows if (t := j.render_seconds) is not None}
+    every = tuple(jobs)
+    rows = tuple(j for j in every if j.extra_of is None)
+    extras = tuple(j for j in every if j.extra_of is not None)
+    retries: Counter[str] = Counter()
+    retry_cost = 0.0
+    for job in rows:
+        for kind, n in job.retries.items():
+            retries[kind] += n
+            retry_cost += n * (job.est_cost_usd or 0.0)
+    times = {j.id: t for j in every if (t := j.render_seconds) is not None}
     counts = Counter(j.state for j in rows)
     by_model: dict[str, list[JobRow]] = defaultdict(list)
     groups: dict[tuple[JobState, str | None, str], list[JobRow]] = defaultdict(list)
@@ -274,6 +305,9 @@ def build_report(batch: BatchRow, jobs: Iterable[JobRow], *, now: float) -> Repo
     return ReportData(
         batch=batch,
         jobs=rows,
+        extras=extras,
+        retries=dict(sorted(retries.items())),
+        retry_cost_usd=retry_cost if batch.pricing else None,
         generated_utc=utc_iso(now),
         counts={s: counts.get(s, 0) for s in JobState},
         models=tuple(_model_summary(m, by_model[m], times) for m in sorted(by_model)),
@@ -289,8 +323,8 @@ def build_report(batch: BatchRow, jobs: Iterable[JobRow], *, now: float) -> Repo
         unpriced_jobs=sum(1 for j in rows if j.est_cost_usd is None),
         last_change_utc=max((j.updated_utc for j in rows), default=None),
         render_times=times,
-        render_p50=percentile(list(times.values()), 50),
-        render_p95=percentile(list(times.values()), 95),
+        render_p50=percentile([times[j.id] for j in rows if j.id in times], 50),
+        render_p95=percentile([times[j.id] for j in rows if j.id in times], 95),
     )
 
 
@@ -344,13 +378,37 @@ def rate(value: float | None) -> str:
 
 
 def job_label(job: JobRow) -> str:
-    """How a report names a job: ``#12 sunrise take 2`` (index, prompt id, take)."""
+    """How a report names a job: ``#12 sunrise take 2`` (index, prompt id, take), and an
+    extra take by the attempt it is: ``#12 sunrise attempt 1 (extra take)``."""
     parts = [f"#{job.idx}"]
     if job.prompt_id:
         parts.append(plain(job.prompt_id))
     if job.take > 1:
         parts.append(f"take {job.take}")
+    if job.extra_of is not None:
+        parts.append(f"attempt {job.attempts} (extra take)")
     return " ".join(parts)
+
+
+def retry_summary(data: ReportData) -> str | None:
+    """``4 automatic new attempts (error 3, stalled 1), est. $0.80, under retry {...}``."""
+    if not data.retries and not data.extras:
+        return None
+    made = sum(data.retries.values())
+    kinds = ", ".join(f"{kind} {n}" for kind, n in data.retries.items())
+    text = f"{made} automatic new attempt{'s' if made != 1 else ''}"
+    text += f" ({kinds})" if kinds else ""
+    if data.retry_cost_usd:
+        text += f", est. {usd(data.retry_cost_usd)}"
+    if data.batch.retry:
+        policy = ", ".join(f"{k}: {v}" for k, v in data.batch.retry.items())
+        text += f", under retry {{{policy}}}"
+    if data.extras:
+        kept = Counter(e.state.value.replace("_", " ") for e in data.extras)
+        text += "; extra takes (earlier attempts that went on): " + ", ".join(
+            f"{n} {state}" for state, n in kept.items()
+        )
+    return text
 
 
 def state_summary(data: ReportData) -> str:

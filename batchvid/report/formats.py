@@ -30,6 +30,7 @@ from .data import (
     job_values,
     plain,
     rate,
+    retry_summary,
     secs,
     state_summary,
     template_axes,
@@ -165,6 +166,12 @@ def render_text(data: ReportData, *, width: int = 100) -> str:
     cost = _cost_line(data)
     if cost:
         out.append(cost)
+    retried = retry_summary(data)
+    if retried:
+        out.append(f"retries: {retried}")
+        for extra in data.extras[:FAILURE_GROUPS_SHOWN]:
+            where = plain(extra.file_path) if extra.file_path else extra.state.value
+            out.append(f"  {job_label(extra)}: task {extra.task_id}, {clip(where, width - 40)}")
     if data.failures:
         failed = sum(g.count for g in data.failures)
         out += ["", f"failures: {failed} job{'s' if failed != 1 else ''}, by reason"]
@@ -198,15 +205,17 @@ def render_text(data: ReportData, *, width: int = 100) -> str:
 
 
 def render_csv(data: ReportData) -> str:
-    """One row per job: :data:`CSV_COLUMNS`, then ``axis.<name>`` per template variable."""
+    """One row per job, then one per extra take: :data:`CSV_COLUMNS`, then ``axis.<name>``
+    per template variable."""
     extra = template_axes(data.jobs)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([*CSV_COLUMNS, *(f"axis.{name}" for name in extra)])
-    refs = CSV_COLUMNS.index("references")
-    for job in data.jobs:
+    refs, retries = CSV_COLUMNS.index("references"), CSV_COLUMNS.index("auto_retries")
+    for job in (*data.jobs, *data.extras):
         values = list(job_values(job, data.render_time(job)))
         values[refs] = ";".join(values[refs])
+        values[retries] = ";".join(f"{k}={n}" for k, n in values[retries].items())
         if extra:
             axes = dict(job.axes)
             values += [axes.get(name, "") for name in extra]
@@ -215,11 +224,12 @@ def render_csv(data: ReportData) -> str:
 
 
 def render_json(data: ReportData) -> str:
-    """A JSON array with one object per job (:func:`job_record`), one object per line."""
+    """A JSON array with one object per job, then per extra take (:func:`job_record`),
+    one object per line."""
     if not data.jobs:
         return "[]\n"
     encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per job
-    lines = (encode(job_record(j, data.render_time(j))) for j in data.jobs)
+    lines = (encode(job_record(j, data.render_time(j))) for j in (*data.jobs, *data.extras))
     return "[\n" + ",\n".join(lines) + "\n]\n"
 
 
@@ -266,6 +276,9 @@ def render_markdown(data: ReportData) -> str:
     cost = _cost_line(data)
     if cost:
         out.append(cost[0].upper() + cost[1:] + ".")
+    retried = retry_summary(data)
+    if retried:
+        out.append(f"Retries: {md(retried)}.")
     if data.failures:
         out += ["", "### Failures", ""]
         for g in data.failures[:FAILURE_GROUPS_SHOWN]:

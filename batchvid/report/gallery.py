@@ -36,6 +36,7 @@ from .data import (
     job_cost,
     job_label,
     rate,
+    retry_summary,
     secs,
     state_summary,
     usd,
@@ -247,6 +248,9 @@ def _summary(data: ReportData) -> list[str]:
         if data.batch.budget_usd is not None:
             line += f" of budget {usd(data.batch.budget_usd)}"
     out.append(f'<p class="facts">{_e(line)}</p>')
+    retried = retry_summary(data)
+    if retried:
+        out.append(f'<p class="facts">retries: {_e(retried)}</p>')
     return out
 
 
@@ -307,6 +311,10 @@ def _header_rows(layout: Layout, corner: int) -> list[str]:
 def _figure(job: JobRow, took: float | None, html_dir: str, base: Path, preload: str) -> str:
     state = job.state.value
     bits = [f"#{job.idx}", f"take {job.take}"]
+    if job.extra_of is not None:
+        bits.append(f"attempt {job.attempts}, extra take")
+    elif job.attempts > 1:
+        bits.append(f"attempt {job.attempts}")
     if took is not None:
         bits.append(f"{took:.1f} s" if took < 10 else f"{took:,.0f} s")
     cost = job_cost(job)
@@ -342,7 +350,8 @@ def _figure(job: JobRow, took: float | None, html_dir: str, base: Path, preload:
 
 def _grid(data: ReportData, html_dir: str, base: Path) -> list[str]:
     layout = gallery_layout(data.jobs)
-    videos = sum(1 for j in data.jobs if j.state is S.DOWNLOADED)
+    extras = data.extras_of()
+    videos = sum(1 for j in (*data.jobs, *data.extras) if j.state is S.DOWNLOADED)
     preload = "metadata" if videos <= PRELOAD_LIMIT else "none"
     corner = 1 + len(layout.row_axes)
     out = ['<div class="grid"><table><thead>', *_header_rows(layout, corner), "</thead><tbody>"]
@@ -363,7 +372,11 @@ def _grid(data: ReportData, html_dir: str, base: Path) -> list[str]:
         ]
         cells += [
             '<td><div class="cell">'
-            + "".join(_figure(j, data.render_time(j), html_dir, base, preload) for j in jobs)
+            + "".join(
+                _figure(j, data.render_time(j), html_dir, base, preload)
+                for job in jobs
+                for j in (job, *extras.get(job.id, ()))
+            )
             + "</div></td>"
             for jobs in row.cells
         ]

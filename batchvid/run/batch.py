@@ -155,8 +155,8 @@ def prepare_resume_only(ledger: Ledger, batch: str, endpoint: Endpoint) -> Prepa
     row = ledger.get_batch(batch)
     if row is None:
         return None
-    counts = ledger.counts(batch)
-    waiting = sum(counts[s] for s in PAID_UNFINISHED_STATES)
+    counts, extras = ledger.counts(batch), ledger.counts(batch, extras=True)
+    waiting = sum(counts[s] + extras[s] for s in PAID_UNFINISHED_STATES)
     if not waiting:
         return None
     if row.endpoint and row.endpoint != endpoint.name:
@@ -212,8 +212,8 @@ async def _endpoint_client(
 ) -> AsyncIterator[CometClient]:
     if endpoint.simulate:
         # Imported here: the web server stack is only needed for --simulate.
+        from ..sim.config import SimConfig
         from ..sim.server import serve_simulator
-        from ..sim.state import SimConfig
 
         async with (
             serve_simulator(SimConfig(time_scale=time_scale)) as sim,
@@ -258,15 +258,18 @@ async def run_manifest(
 
     ``endpoint`` defaults to the built-in simulator; pass
     ``Endpoint(base_url, api_key)`` for CometAPI.  ``options`` default to the
-    manifest's ``limits``.  Raises ManifestError for an invalid manifest (nothing
-    is sent), LedgerError when another process runs the batch, AuthError on a 401.
+    manifest's ``limits``, ``budget_usd`` and ``retry``.  Raises ManifestError for
+    an invalid manifest (nothing is sent), LedgerError when another process runs
+    the batch, AuthError on a 401.
     """
     plan = load_plan(manifest)
     endpoint = endpoint or Endpoint(simulate=True)
     path = Path(ledger_path)
     if options is None:
         options = replace(
-            options_for(plan.manifest.limits, {}), budget_usd=plan.manifest.budget_usd
+            options_for(plan.manifest.limits, {}),
+            budget_usd=plan.manifest.budget_usd,
+            retry=plan.manifest.retry,
         )
     with open_ledger(path, check=True) as ledger, batch_lock(path, plan.batch):
         prepared = prepare(ledger, plan, endpoint, path)

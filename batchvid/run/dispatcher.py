@@ -54,7 +54,7 @@ from .options import RunOptions, RunReport, Snapshot
 from .policy import poll_share
 from .poll_policy import RenderBook
 from .record import Recorder, combo_of
-from .recovery import import_tasks
+from .recovery import import_tasks, record_kept
 from .workers import Workers
 
 __all__ = ["Runner"]
@@ -176,6 +176,8 @@ class Runner:
             failures=list(self._tally.failures),
             dispatch_rounds=self._rounds,
             halted=self._tally.halt,
+            retries=self.ledger.retries_made(self.batch),
+            extras={str(s): n for s, n in self.ledger.counts(self.batch, extras=True).items() if n},
         )
 
     # -- the loop ----------------------------------------------------------------
@@ -197,7 +199,7 @@ class Runner:
                     self.batch,
                     now,
                     self.options.scaled(MAX_IDLE_S),
-                    (self._record.pause.until, self._faults.disk.until),
+                    (self._record.pause.until, self._faults.disk.until, *self._retry_due()),
                 )
             except LedgerBusy as exc:
                 self._faults.ledger_was_busy(self._tally, self._clock(), exc)
@@ -214,16 +216,24 @@ class Runner:
             share = poll_share(self.options.concurrency, self._busy_kind["poll"])
             free -= self._start_polls(tg, min(free, share), now)
         if free > 0 and self._may_submit(now):
-            free -= self._start_submits(tg, free)
+            free -= self._start_submits(tg, free, now)
         if free > 0:
             free -= self._start_polls(tg, free, now)
-        return not self._busy and self._nothing_left()
+        if self._busy:
+            return False
+        submit, download = self._may_submit_ever(), self.options.download
+        return _nothing_left(self.ledger, self.batch, submit, download, self._tally.quarantined)
 
     def _may_submit(self, now: float) -> bool:
         # While the disk is full, buying more videos that cannot be kept would be waste:
         # no new create until a download gets through again.
         full = self._faults.disk.since is not None
         return self._may_submit_ever() and not self._record.pause.paused(now) and not full
+
+    def _retry_due(self) -> tuple[float, ...]:
+        """When the next automatic retry's back-off ends, if submissions may go on."""
+        due = self.ledger.next_retry_time(self.batch) if self._may_submit_ever() else None
+        return () if due is None else (due,)
 
     def _may_submit_ever(self) -> bool:
         return self.options.submit and not self._record.budget.spent and self._tally.fatal is None
@@ -281,8 +291,9 @@ class Runner:
         jobs, _ = self._page("poll", free, lambda n: self.ledger.due_polls(self.batch, now, n))
         return self._start_each(tg, "poll", jobs, free, lambda job: True)[0]
 
-    def _start_submits(self, tg: TaskGroup, free: int) -> int:
-        if not self._tally.look_for_pending:
+    def _start_submits(self, tg: TaskGroup, free: int, now: float) -> int:
+        retry = self.ledger.next_retry_time(self.batch)
+        if not (self._tally.look_for_pending or (retry is not None and retry <= now)):
             return 0
         budget = self._record.budget
         active = self.ledger.active_count(self.batch)
@@ -301,7 +312,9 @@ class Runner:
             )
             return None
 
-        jobs, more = self._page("submit", wanted, lambda n: self.ledger.pending_jobs(self.batch, n))
+        jobs, more = self._page(
+            "submit", wanted, lambda n: self.ledger.pending_jobs(self.batch, n, now)
+        )
         started, cut = self._start_each(tg, "submit", jobs, wanted, admit)
         self._tally.look_for_pending = more or cut
         return started
@@ -355,18 +368,6 @@ class Runner:
             raise
         self._record.submitted(job, intent, outcome, first_poll)
 
-    def _nothing_left(self) -> bool:
-        """True when no job can make progress in this run any more."""
-        counts = self.ledger.counts(self.batch)
-        workable = sum(counts[s] for s in ACTIVE_STATES)
-        if self._may_submit_ever():
-            workable += counts[S.PENDING]
-        if self.options.download:
-            spent = self._record.downloads.spent_count(excluding=self._tally.quarantined)
-            workable += counts[S.COMPLETED] - spent
-        # Quarantined jobs are among those counted, and wait for the next run.
-        return workable - len(self._tally.quarantined) <= 0
-
 
 def _take_over(ledger: Ledger, batch: str, record: Recorder) -> int:
     """Start a run of ``batch``: record what the last run left behind, before anything else.
@@ -374,8 +375,9 @@ def _take_over(ledger: Ledger, batch: str, record: Recorder) -> int:
     The task ids it could not record (its recovery file) go in first; then jobs
     left ``submitting`` are in doubt.  Returns how many of those there were.
     """
-    ledger.start_run(batch)
-    found = import_tasks(ledger.path, batch, record.recovered_task)
+    ledger.start_run(batch, retry=record.attempts.rules.as_dict())
+    note = record.tally.failures.append
+    found = import_tasks(ledger.path, batch, lambda entry: record_kept(ledger, entry, note))
     if found:
         record.tally.failures.append(
             f"{found} task id(s) the last run could not record were recorded now"
@@ -406,5 +408,31 @@ def _idle_for(
 
 def _destination(output_dir: Path, job: JobRow) -> Path:
     """Where a job's video goes: its own name (see :func:`batchvid.run.files.job_filename`)."""
-    name = job_filename(job.idx, job.prompt_id, job.prompt, job.model, job.size, job.take, job.key)
+    extra = job.attempts if job.extra_of is not None else None
+    name = job_filename(
+        job.idx, job.prompt_id, job.prompt, job.model, job.size, job.take, job.key,
+        extra_attempt=extra,
+    )  # fmt: skip
     return safe_destination(output_dir, name)
+
+
+def _nothing_left(
+    ledger: Ledger, batch: str, submit: bool, download: bool, set_aside: set[int]
+) -> bool:
+    """True when no job of ``batch`` can make progress in this run any more.
+
+    Live tasks count, earlier attempts still watched (extra takes) too: they
+    are paid for, and watched for a bounded time (see
+    :class:`~batchvid.run.policy.AttemptPolicy`).  Pending jobs count when
+    ``submit`` (automatic retries waiting out their back-off too), completed
+    ones a download may still be tried for when ``download``.  Jobs set aside
+    for the run are among those counted, and wait for the next run.
+    """
+    counts = ledger.counts(batch)
+    extras = ledger.counts(batch, extras=True)
+    workable = sum(counts[s] + extras[s] for s in ACTIVE_STATES)
+    if submit:
+        workable += counts[S.PENDING]
+    if download:
+        workable += ledger.downloadable_count(batch)
+    return workable - len(set_aside) <= 0

@@ -25,18 +25,28 @@ def slug(text: str, max_len: int = 40) -> str:
 
 
 def job_filename(
-    index: int, prompt_id: str | None, prompt: str, model: str, size: str, take: int, key: str
+    index: int,
+    prompt_id: str | None,
+    prompt: str,
+    model: str,
+    size: str,
+    take: int,
+    key: str,
+    *,
+    extra_attempt: int | None = None,
 ) -> str:
     """``0007-lighthouse-seedance-2-0-fast-16x9-t2-3f9a1c2e.mp4``: sortable, readable, one a job.
 
     The job key's first eight hex digits make the name the job's own: an edited
     manifest can give another job the same index, prompt and size (with other
-    seconds, say), never the same key.
+    seconds, say), never the same key.  An extra take (an earlier attempt of
+    the job, kept) ends in its attempt: ``...-3f9a1c2e-a1.mp4``.
     """
     name = slug(prompt_id, 40) if prompt_id else slug(prompt, 40)
     model_part = slug(short_name(model), 30)
     size_part = slug(size.replace(":", "x"), 12)
-    return f"{index:04d}-{name}-{model_part}-{size_part}-t{take}-{slug(key, 8)}.mp4"
+    attempt = f"-a{extra_attempt}" if extra_attempt is not None else ""
+    return f"{index:04d}-{name}-{model_part}-{size_part}-t{take}-{slug(key, 8)}{attempt}.mp4"
 
 
 def safe_destination(output_dir: Path, filename: str) -> Path:

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from ..manifest.model import Retries
 from ..states import JobState
+from .policy import AttemptPolicy
 from .poll_policy import PollPolicy
 
 __all__ = ["DEFAULT_MAX_WAIT", "RunOptions", "RunReport", "Snapshot"]
@@ -37,6 +39,8 @@ class RunOptions:
     #: Download tries per job per run before it is left ``completed`` for the next run.
     download_attempts: int = 5
     budget_usd: float | None = None
+    #: Automatic new attempts per kind of outcome (the manifest's ``retry:``).
+    retry: Retries = field(default_factory=Retries)
 
     def scaled(self, seconds: float) -> float:
         return seconds * self.time_scale
@@ -49,6 +53,10 @@ class RunOptions:
             fixed_max_wait=self.max_wait is not None,
             scale=self.time_scale,
         )
+
+    def attempt_policy(self) -> AttemptPolicy:
+        """The new attempts these options allow (none when nothing is submitted)."""
+        return AttemptPolicy(self.retry, scale=self.time_scale, enabled=self.submit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,10 @@ class RunReport:
     #: Why the run stopped with work left that it could not do (a full disk, a ledger
     #: it cannot write): nothing was marked failed; run again once it is fixed.
     halted: str | None = None
+    #: The batch's automatic new attempts so far, per kind of outcome: (how many, est. USD).
+    retries: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: Earlier attempts kept beside their jobs (stalled, then retried), per state.
+    extras: dict[str, int] = field(default_factory=dict)
 
     @property
     def all_done(self) -> bool:

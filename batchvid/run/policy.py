@@ -9,25 +9,35 @@ waiting; when to poll a task is :mod:`batchvid.run.poll_policy`.
 - :class:`SubmitPause`: creates that keep failing before reaching the API
   back off every submission, longer with each setback in a row;
 - :class:`DownloadRetries`: a job's downloads in this run, their next try and
-  when they are spent.
+  when they are spent;
+- :class:`FaultPause`: a fault of the whole run (a full disk, a locked ledger);
+- :class:`AttemptPolicy`: the manifest's ``retry:``: whether a job whose
+  attempt ended gets a new one, and when; how an extra take is watched.
 
 Back-offs follow one formula, :meth:`batchvid.remote.protocol.RetryPolicy.wait`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from ..ledger.rows import AutoRetry
+from ..manifest.model import Retries
 from ..remote.protocol import RetryPolicy
 
 __all__ = [
+    "ATTEMPT_BACKOFF",
     "DISK_FULL_PATIENCE_S",
     "DOWNLOAD_BACKOFF",
     "FAULT_BACKOFF",
     "LEDGER_BUSY_PATIENCE_S",
     "MAX_SUBMIT_PAUSE_S",
     "SUBMIT_BACKOFF",
+    "WATCH_EVERY_S",
+    "WATCH_FOR_S",
+    "AttemptPolicy",
     "Budget",
     "DownloadRetries",
     "FaultPause",
@@ -47,6 +57,14 @@ FAULT_BACKOFF: Final = RetryPolicy(wait_initial=5.0, wait_max=60.0, wait_jitter=
 DISK_FULL_PATIENCE_S: Final = 600.0
 #: How long another program may hold the ledger's write lock before the run stops.
 LEDGER_BUSY_PATIENCE_S: Final = 300.0
+#: An automatic new attempt waits 30 s, 60 s ... up to 10 minutes (by the job's
+#: automatic retries so far), +0-15 s: a broken upstream is not hammered.
+ATTEMPT_BACKOFF: Final = RetryPolicy(wait_initial=30.0, wait_max=600.0, wait_jitter=15.0)
+#: A stalled task split off as an extra take is polled this often ...
+WATCH_EVERY_S: Final = 300.0
+#: ... for this long after the split; then it is stalled again (``retry --stalled``
+#: watches it once more).
+WATCH_FOR_S: Final = 2 * 3600.0
 #: A job's next download after a failed one: 4 s, 8 s ... up to 2 minutes, +-1 s.
 DOWNLOAD_BACKOFF: Final = RetryPolicy(wait_initial=4.0, wait_max=120.0, wait_jitter=1.0)
 
@@ -148,12 +166,6 @@ class DownloadRetries:
             return None
         return now + DOWNLOAD_BACKOFF.scaled(self.scale).wait(tries, draw)
 
-    def spent(self, job_id: int) -> bool:
-        return self.tries.get(job_id, 0) >= self.attempts
-
-    def spent_count(self, excluding: set[int]) -> int:
-        return sum(1 for j in self.tries if self.spent(j) and j not in excluding)
-
 
 @dataclass(slots=True)
 class FaultPause:
@@ -187,3 +199,41 @@ class FaultPause:
     def outlasted(self, now: float) -> bool:
         """Whether the fault has lasted past the run's patience."""
         return self.since is not None and now - self.since >= self.patience_s * self.scale
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptPolicy:
+    """The manifest's ``retry:`` at work: new attempts for ended ones, and extra takes.
+
+    ``rules``: how many automatic new attempts a job may get per kind of
+    outcome (``in_doubt`` is never one: resubmitting a create whose answer was
+    lost stays the user's decision).  ``enabled``: False for a run that submits
+    nothing.  An extra take (a stalled attempt split off its job) is polled
+    every :data:`WATCH_EVERY_S`, for :data:`WATCH_FOR_S`.
+    """
+
+    rules: Retries = field(default_factory=Retries)
+    scale: float = 1.0
+    enabled: bool = True
+
+    def next_attempt(
+        self, kind: str, made: Mapping[str, int], now: float, draw: float
+    ) -> AutoRetry | None:
+        """A new attempt after an outcome of ``kind`` (``None``: not allowed).
+
+        ``made``: the job's automatic retries so far, per kind; the back-off
+        grows with all of them (:data:`ATTEMPT_BACKOFF`), ``draw`` its jitter.
+        """
+        allowed = self.rules.allowed(kind)
+        if not self.enabled or made.get(kind, 0) >= allowed:
+            return None
+        wait = ATTEMPT_BACKOFF.scaled(self.scale).wait(sum(made.values()) + 1, draw)
+        return AutoRetry(kind, now + wait, f"retry.{kind} = {allowed}")
+
+    @property
+    def watch_every(self) -> float:
+        return WATCH_EVERY_S * self.scale
+
+    def watched_enough(self, watched_s: float) -> bool:
+        """Whether an extra take watched for ``watched_s`` is given up on for now."""
+        return watched_s >= WATCH_FOR_S * self.scale

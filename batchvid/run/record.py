@@ -13,27 +13,26 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import ApiError, AuthError, LedgerError, RetryableError, ServiceRefused
-from ..ledger.rows import JobRow
+from ..ledger.rows import AutoRetry, JobRow
 from ..ledger.schema import NEVER
 from ..ledger.store import Ledger
-from ..remote.protocol import Task, TaskStatus, failure_reason, normalise_status
+from ..remote.protocol import Task, TaskStatus, failure_reason
 from ..remote.urls import url_expiry
-from ..states import JobState
 from ..text import clip, span
 from .options import RunOptions
 from .policy import (
     DISK_FULL_PATIENCE_S,
     LEDGER_BUSY_PATIENCE_S,
+    AttemptPolicy,
     Budget,
     DownloadRetries,
     FaultPause,
     SubmitPause,
 )
 from .poll_policy import Combo, RenderBook
-from .recovery import keep_task, recovery_path
+from .recovery import keep_unrecorded
 from .render_times import observe
 from .workers import DownloadOutcome, Intent, PollOutcome, SubmitOutcome
 
@@ -129,6 +128,7 @@ class Recorder:
     download: bool = True
     tally: Tally = field(default_factory=Tally)
     faults: Faults = field(default_factory=lambda: Faults())
+    attempts: AttemptPolicy = field(default_factory=AttemptPolicy)
 
     # -- creates ------------------------------------------------------------
 
@@ -153,6 +153,7 @@ class Recorder:
             rng,
             download=options.download,
             faults=Faults.scaled(scale),
+            attempts=options.attempt_policy(),
         )
 
     def intent(self, job: JobRow) -> Intent:
@@ -183,7 +184,8 @@ class Recorder:
                         server_created_at=task.created_at,
                     )
                 except LedgerError as exc:
-                    self._keep_task(job, task, exc)
+                    # The id of a paid task: to stderr and the recovery file; the run stops.
+                    self.tally.halt = keep_unrecorded(self.ledger.path, job, task, exc)
                     raise
                 self.pause.reset()
             case "rejected" if intent.sent:
@@ -205,58 +207,6 @@ class Recorder:
                 assert outcome.refusal is not None
                 self._release(job, intent, f"the API refused the create ({outcome.refusal})")
                 self.tally.stop_everything(outcome.refusal)
-
-    def _keep_task(self, job: JobRow, task: Task, error: LedgerError) -> None:
-        """A paid task the ledger could not take: its id goes to stderr and the recovery
-        file, and the run stops (the next one records it first)."""
-        entry = {
-            "batch": job.batch,
-            "job_id": job.id,
-            "key": job.key,
-            "task_id": task.id,
-            "remote_status": task.raw_status,
-            "server_created_at": task.created_at,
-            "error": str(error),
-        }
-        where = recovery_path(self.ledger.path)
-        kept = keep_task(self.ledger.path, entry)
-        self.tally.halt = (
-            f"the ledger could not record task {task.id} of job #{job.idx} ({error}); "
-            + (f"its id is kept in {where}, and " if kept else "its id is in the log above; ")
-            + "the next run records it"
-        )
-
-    def recovered_task(self, entry: dict[str, Any]) -> bool:
-        """Record a task id the recovery file kept (see :mod:`batchvid.run.recovery`).
-
-        Its job waits ``submitting`` or ``in_doubt``: it takes the task, due for
-        polling now.  A job that has moved on since (the user retried it) cannot:
-        the task is named in the run's failures and left alone.
-        """
-        try:
-            job = self.ledger.get_job(int(entry["job_id"]))
-        except (KeyError, TypeError, ValueError, LedgerError):
-            return False
-        task_id = str(entry.get("task_id") or "")
-        if job.key != entry.get("key") or not task_id or job.task_id == task_id:
-            return job.task_id == task_id
-        if job.state not in (JobState.SUBMITTING, JobState.IN_DOUBT):
-            self.tally.failures.append(
-                f"#{job.idx}: task {task_id} was recovered, but the job is {job.state} now; "
-                "that task is left upstream"
-            )
-            return True
-        status = str(entry.get("remote_status") or "")
-        self.ledger.record_submitted(
-            job.id,
-            task_id,
-            status or None,
-            self.clock(),
-            seen=normalise_status(status).job_state,
-            server_created_at=entry.get("server_created_at"),
-            recovered=True,
-        )
-        return True
 
     def lost_create(self, job: JobRow, intent: Intent) -> None:
         """The run stopped (or a bug struck) while a create may have been in flight."""
@@ -284,23 +234,24 @@ class Recorder:
         now = self.clock()
         task = outcome.task
         if outcome.kind == "vanished":
-            self.ledger.record_failed(job.id, "task_not_exist", outcome.reason)
-            self.tally.note(job, f"task {job.task_id} is unknown upstream")
+            self._ended(job, "vanished", "task_not_exist", outcome.reason)
         elif task is None:
             self._no_answer(job, outcome.error or ApiError(outcome.reason), asked_at)
         elif task.status is TaskStatus.COMPLETED:
             self._completed(job, task, now)
         elif task.status in (TaskStatus.FAILED, TaskStatus.ERROR):
             code, reason = failure_reason(task)
-            self.ledger.record_failed(job.id, code, reason, remote_status=task.raw_status)
-            self.tally.note(job, f"{code}: {reason}")
+            kind = "failed" if task.status is TaskStatus.FAILED else "error"
+            self._ended(job, kind, code, reason, remote_status=task.raw_status)
         elif (stall := self._stall_reason(job, now)) is not None:
-            self.ledger.record_stalled(job.id, stall)
-            self.tally.note(job, f"stalled: {stall}")
+            self._stalled(job, stall, stall)
         else:
-            born = job.answered_at if job.answered_at is not None else job.watch_started_at
-            elapsed = now - (born if born is not None else now)
-            delay = self.renders.next_poll_delay(combo_of(job), elapsed, task.progress)
+            if job.extra_of is not None:  # an earlier attempt still watched: sparingly
+                delay = self.attempts.watch_every
+            else:
+                born = job.answered_at if job.answered_at is not None else job.watch_started_at
+                elapsed = now - (born if born is not None else now)
+                delay = self.renders.next_poll_delay(combo_of(job), elapsed, task.progress)
             self.ledger.record_poll(
                 job.id, task.raw_status or None, task.progress, now + delay,
                 seen=task.status.job_state,
@@ -310,8 +261,7 @@ class Recorder:
         # The task may well be fine: ask again later; the stall rule still applies.
         stall = self._stall_reason(job, asked_at)
         if stall is not None:
-            self.ledger.record_stalled(job.id, f"{stall}; last answer: {error}")
-            self.tally.note(job, f"stalled: no usable answer ({error})")
+            self._stalled(job, f"{stall}; last answer: {error}", f"no usable answer ({error})")
             return
         retry_after = error.retry_after if isinstance(error, RetryableError) else None
         later = self.renders.policy.retry_delay(retry_after, self.rng.random())
@@ -321,10 +271,49 @@ class Recorder:
         if not isinstance(error, RetryableError):
             self.tally.note(job, f"poll answered {error}; will ask again")
 
+    def _ended(
+        self,
+        job: JobRow,
+        kind: str,
+        code: str | None,
+        reason: str,
+        *,
+        remote_status: str | None = None,
+    ) -> None:
+        """An attempt ended without a video (``kind``: error, failed, vanished): the job
+        is failed, or pending again for a new attempt when the retry policy allows one."""
+        retry = self._next_attempt(job, kind)
+        self.ledger.record_failed(job.id, code, reason, remote_status=remote_status, retry=retry)
+        self.tally.note(job, f"{code}: {reason}" + self._retrying(retry))
+
+    def _stalled(self, job: JobRow, reason: str, shown: str) -> None:
+        """Given up on for now: stalled, or (policy allowing) a new attempt while the
+        stalled task is split off and still watched, its video an extra take if it comes."""
+        retry = self._next_attempt(job, "stalled")
+        watch_at = self.clock() + self.attempts.watch_every
+        self.ledger.record_stalled(job.id, reason, retry=retry, watch_at=watch_at)
+        kept = "; the stalled task is still watched" if retry else ""
+        self.tally.note(job, f"stalled: {shown}{self._retrying(retry)}{kept}")
+
+    def _next_attempt(self, job: JobRow, kind: str) -> AutoRetry | None:
+        if job.extra_of is not None:  # an earlier attempt: its job has a new one already
+            return None
+        retry = self.attempts.next_attempt(kind, job.retries, self.clock(), self.rng.random())
+        if retry is not None:
+            self.tally.look_for_pending = True
+        return retry
+
+    def _retrying(self, retry: AutoRetry | None) -> str:
+        if retry is None:
+            return ""
+        wait = span(max(0.0, retry.retry_at - self.clock()) / self.attempts.scale)
+        return f"; new attempt in {wait} ({retry.rule})"
+
     def _completed(self, job: JobRow, task: Task, now: float) -> None:
         """Record a task seen done, with what it proves about its render time."""
         sample = estimate = None
-        if job.sent_at is not None and job.answered_at is not None:
+        # An extra take's render (a stall that finished late) teaches nothing about the kind.
+        if job.sent_at is not None and job.answered_at is not None and job.extra_of is None:
             sample = observe(
                 sent_at=job.sent_at,
                 answered_at=job.answered_at,
@@ -362,6 +351,11 @@ class Recorder:
     def _stall_reason(self, job: JobRow, now: float) -> str | None:
         if job.watch_started_at is None:
             return None
+        if job.extra_of is not None:
+            watched = now - job.watch_started_at
+            if not self.attempts.watched_enough(watched):
+                return None
+            return f"an earlier attempt, watched for {span(watched / self.attempts.scale)} more"
         return self.renders.stall_reason(
             combo_of(job),
             watched_s=now - job.watch_started_at,
@@ -382,8 +376,7 @@ class Recorder:
             )
             self.tally.finished += 1
         elif outcome.kind == "vanished":
-            self.ledger.record_failed(job.id, "task_not_exist", outcome.reason)
-            self.tally.note(job, "task vanished upstream before its download")
+            self._ended(job, "vanished", "task_not_exist", outcome.reason)
         else:
             if outcome.fresh_url is not None:
                 self.ledger.refresh_url(job.id, outcome.fresh_url, url_expiry(outcome.fresh_url))

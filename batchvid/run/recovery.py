@@ -18,7 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["import_tasks", "keep_task", "recovery_path"]
+from ..errors import LedgerError
+from ..ledger.rows import JobRow
+from ..ledger.store import Ledger
+from ..remote.protocol import Task, normalise_status
+from ..states import JobState
+
+__all__ = ["import_tasks", "keep_task", "keep_unrecorded", "record_kept", "recovery_path"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,65 @@ def keep_task(ledger_path: Path, entry: dict[str, Any]) -> bool:
     except OSError as exc:
         log.error("and the recovery file could not be written either (%s): %s", exc, line)
         return False
+    return True
+
+
+def keep_unrecorded(ledger_path: Path, job: JobRow, task: Task, error: LedgerError) -> str:
+    """A paid task the ledger could not take: keep its id (stderr and the recovery file).
+
+    Returns why the run must stop, for its summary: the next run records it first.
+    """
+    entry = {
+        "batch": job.batch,
+        "job_id": job.id,
+        "key": job.key,
+        "task_id": task.id,
+        "remote_status": task.raw_status,
+        "server_created_at": task.created_at,
+        "error": str(error),
+    }
+    kept = keep_task(ledger_path, entry)
+    return (
+        f"the ledger could not record task {task.id} of job #{job.idx} ({error}); "
+        + (
+            f"its id is kept in {recovery_path(ledger_path)}, and "
+            if kept
+            else "its id is in the log above; "
+        )
+        + "the next run records it"
+    )
+
+
+def record_kept(ledger: Ledger, entry: dict[str, Any], note: Callable[[str], None]) -> bool:
+    """Record one task id the recovery file kept; whether the entry is done with.
+
+    Its job waits ``submitting`` or ``in_doubt``: it takes the task, due for
+    polling now.  A job that has moved on since (the user retried it) cannot:
+    the task is named through ``note`` and left alone.
+    """
+    try:
+        job = ledger.get_job(int(entry["job_id"]))
+    except (KeyError, TypeError, ValueError, LedgerError):
+        return False
+    task_id = str(entry.get("task_id") or "")
+    if job.key != entry.get("key") or not task_id or job.task_id == task_id:
+        return job.task_id == task_id
+    if job.state not in (JobState.SUBMITTING, JobState.IN_DOUBT):
+        note(
+            f"#{job.idx}: task {task_id} was recovered, but the job is {job.state} now; "
+            "that task is left upstream"
+        )
+        return True
+    status = str(entry.get("remote_status") or "")
+    ledger.record_submitted(
+        job.id,
+        task_id,
+        status or None,
+        ledger.clock(),
+        seen=normalise_status(status).job_state,
+        server_created_at=entry.get("server_created_at"),
+        recovered=True,
+    )
     return True
 
 

@@ -1,7 +1,7 @@
 """The built-in simulator: a local stand-in for CometAPI's Seedance video API.
 
-Owns: what a create must look like (``requests``), the simulated world:
-knobs, tasks, render clock, signed URLs, faults and counters (``state``), and
+Owns: what a create must look like (``requests``), its knobs (``config``), the
+simulated world: tasks, render clock, signed URLs, faults and counters (``state``), and
 the HTTP listeners for the API and the CDN (``server``).  It follows the API
 docs, not batchvid's client: both vocabularies, both error shapes, whole-second
 timestamps, normalised sizes.
@@ -12,7 +12,7 @@ starlette and uvicorn.  Nothing else in batchvid.
 
 from __future__ import annotations
 
+from .config import SimConfig
 from .server import Simulator, SimulatorThread, run_simulator, serve_simulator
-from .state import SimConfig
 
 __all__ = ["SimConfig", "Simulator", "SimulatorThread", "run_simulator", "serve_simulator"]

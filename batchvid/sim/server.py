@@ -38,6 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .config import SimConfig
 from .requests import (
     SimError,
     error_body,
@@ -46,7 +47,7 @@ from .requests import (
     to_json,
     validate_create,
 )
-from .state import FAULT_KINDS, SimConfig, SimState, SimTask
+from .state import FAULT_KINDS, SimState, SimTask
 
 __all__ = [
     "Simulator",
@@ -248,7 +249,7 @@ class _ApiRoutes:
     async def retrieve(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
         self.state.count_poll(task_id)
-        task = self.state.tasks.get(task_id)
+        task = self.state.lookup(task_id)
         if task is None:
             return _error(self.state, SimError(400, "task_not_exist", "task_not_exist"))
         return _json(self.state.task_view(task))
@@ -257,7 +258,7 @@ class _ApiRoutes:
         state = self.state
         if not state.config.content:
             return await self.not_found(request, HTTPException(404))
-        task = state.tasks.get(request.path_params["task_id"])
+        task = state.lookup(request.path_params["task_id"])
         if task is None:
             return _error(state, SimError(400, "task_not_exist", "task_not_exist"))
         status, _, _ = task.phase(state.now())
@@ -342,7 +343,7 @@ def build_cdn_app(state: SimState) -> ASGIApp:
         if refusal is not None:
             state.count("cdn_refused")
             return _cdn_error(refusal.status, refusal.code, refusal.message)
-        task = state.tasks.get(task_id)
+        task = state.lookup(task_id)
         if task is None:
             return _cdn_error(404, "NoSuchKey", "the specified key does not exist")
         if state.fault("cdn_error", state.config.p_cdn_error):

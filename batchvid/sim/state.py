@@ -1,10 +1,11 @@
-"""The simulator's state: knobs, tasks, render clock, signed URLs, faults, counters.
+"""The simulator's state: tasks, render clock, signed URLs, faults, counters.
 
 Everything the built-in CometAPI simulator decides about time and chance lives
 here as plain Python (no sockets): how long a render takes, what a task looks
 like at a given instant, how URLs are signed, which fault fires next, and what
-was counted.  What a create must look like is in :mod:`batchvid.sim.requests`;
-``batchvid.sim.server`` wires both to HTTP.
+was counted, under the knobs of :mod:`batchvid.sim.config`.  What a create must
+look like is in :mod:`batchvid.sim.requests`; ``batchvid.sim.server`` wires both
+to HTTP.
 
 One :class:`SimState` is shared by the API and CDN listeners; a lock makes it
 safe to read and reconfigure from another thread while they run.
@@ -12,7 +13,6 @@ safe to read and reconfigure from another thread while they run.
 
 from __future__ import annotations
 
-import dataclasses
 import email.utils
 import hashlib
 import hmac
@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Final, Literal, TypeVar
 
+from .config import ProgressStyle, SimConfig
 from .requests import CreateRequest, SimError
 
 __all__ = [
     "FAULT_KINDS",
-    "KNOB_HELP",
-    "SimConfig",
     "SimState",
     "SimTask",
     "max_in_window",
@@ -42,11 +41,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-Vocabulary = Literal["upper", "lower", "mixed"]
-ErrorShape = Literal["openai", "flat", "mixed"]
-RetryAfterStyle = Literal["seconds", "date", "none"]
-ProgressStyle = Literal["curve", "linear", "coarse", "none"]
-StampStyle = Literal["seconds", "absent", "created"]
 
 #: One-shot faults that ``inject`` queues for the next N matching requests.
 FAULT_KINDS: Final = (
@@ -66,135 +60,6 @@ _UPPER: Final = {
     "failed": "FAILED",
     "error": "ERROR",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class SimConfig:
-    """Every knob of the simulator (``batchvid simulator --help`` explains each)."""
-
-    api_key: str = "sim-key"
-    vocabulary: Vocabulary = "upper"
-    error_shape: ErrorShape = "openai"
-    time_scale: float = 0.05
-    spread: float = 0.12
-    progress: ProgressStyle = "curve"
-    completed_at: StampStyle = "seconds"
-    fail_rate: float = 0.0
-    error_rate: float = 0.0
-    rate_limit: int = 0
-    rate_window: float = 60.0
-    retry_after: float | None = None
-    retry_after_style: RetryAfterStyle = "seconds"
-    p_5xx: float = 0.0
-    p_drop_after_create: float = 0.0
-    create_delay: float = 0.0
-    p_truncate: float = 0.0
-    url_ttl: float = 600.0
-    p_cdn_error: float = 0.0
-    p_ignore_range: float = 0.0
-    p_content_redirect: float = 0.0
-    video_url: bool = True
-    content: bool = True
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        problems = _config_problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    def with_changes(self, **knobs: Any) -> SimConfig:
-        """A copy with ``knobs`` changed; unknown knobs and bad values raise ValueError."""
-        unknown = sorted(set(knobs) - set(KNOB_HELP))
-        if unknown:
-            raise ValueError(f"unknown knob(s): {', '.join(unknown)}")
-        return dataclasses.replace(self, **knobs)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["api_key"] = "***"  # the admin route is unauthenticated
-        return data
-
-
-#: What each knob does; the CLI's help text is built from this.
-KNOB_HELP: Final = {
-    "api_key": "The bearer token the API accepts; any other gets 401",
-    "vocabulary": "Status words: upper (SUBMITTED/SUCCESS...), lower (queued/completed...), "
-    "or mixed (chosen per answer)",
-    "error_shape": "Error bodies: openai ({'error': {...}}), flat ({'code','message'}), "
-    "or mixed (chosen per answer)",
-    "time_scale": "Multiplies every render time: 1.0 is real time (1-3 minutes a job), "
-    "0.005 makes a 60 s render take 0.3 s",
-    "spread": "Render times of one model/seconds/resolution vary log-normally with this "
-    "sigma, cut at 2.5 sigma (0.12: p10-p90 about 1.36x; 0: every such render takes the same)",
-    "progress": "How progress is reported: curve (non-linear per task, after a queued spell "
-    "at 0), linear, coarse (steps of 25) or none (the field is left out)",
-    "completed_at": "Task timestamps: seconds (whole unix seconds, as in the docs), absent "
-    "(no completed_at) or created (completed_at equal to created_at: a coarse clock)",
-    "fail_rate": "Share of tasks that end FAILED (provider rejection, with an error object)",
-    "error_rate": "Share of tasks that end ERROR (internal error, with a reason string)",
-    "rate_limit": "API requests allowed per window before 429 (0 = no limit)",
-    "rate_window": "Length of the rate-limit window in seconds (sliding)",
-    "retry_after": "Retry-After seconds sent with 429 (default: until the window frees a slot)",
-    "retry_after_style": "How Retry-After is written: seconds, date (HTTP-date) or none (omitted)",
-    "p_5xx": "Probability that an API request is answered 500/502/503 before doing any work",
-    "p_drop_after_create": "Probability that a create really makes (and counts) the task, "
-    "then closes the connection without answering",
-    "create_delay": "Seconds a create waits after making the task before answering "
-    "(slow creates: a client timeout then leaves a task behind)",
-    "p_truncate": "Probability that a download announces the full Content-Length "
-    "but the connection closes halfway",
-    "url_ttl": "Seconds a signed video_url stays valid; query the task for a fresh one",
-    "p_cdn_error": "Probability that the CDN answers a download with 500/502/503",
-    "p_ignore_range": "Probability that a download ignores a Range request and answers "
-    "200 with the whole file (a resuming client must start over, not append)",
-    "p_content_redirect": "Probability that GET /v1/videos/{id}/content answers 302 to the "
-    "task's signed CDN URL instead of streaming the video itself",
-    "video_url": "Include video_url in finished tasks (false: clients must use /content)",
-    "content": "Serve GET /v1/videos/{id}/content (false: 404, a gateway without that route)",
-    "seed": "Seed for every random choice (same seed and requests, same run)",
-}
-
-_PROBABILITIES: Final = (
-    "fail_rate",
-    "error_rate",
-    "p_5xx",
-    "p_drop_after_create",
-    "p_truncate",
-    "p_cdn_error",
-    "p_ignore_range",
-    "p_content_redirect",
-)
-
-
-def _config_problems(config: SimConfig) -> list[str]:
-    problems = [
-        f"{name} must be between 0 and 1"
-        for name in _PROBABILITIES
-        if not 0 <= getattr(config, name) <= 1
-    ]
-    if config.fail_rate + config.error_rate > 1:
-        problems.append("fail_rate + error_rate must not exceed 1")
-    if not 0 <= config.spread <= 1:
-        problems.append("spread must be between 0 and 1")
-    if config.progress not in ("curve", "linear", "coarse", "none"):
-        problems.append("progress must be curve, linear, coarse or none")
-    if config.completed_at not in ("seconds", "absent", "created"):
-        problems.append("completed_at must be seconds, absent or created")
-    if config.vocabulary not in ("upper", "lower", "mixed"):
-        problems.append("vocabulary must be upper, lower or mixed")
-    if config.error_shape not in ("openai", "flat", "mixed"):
-        problems.append("error_shape must be openai, flat or mixed")
-    if config.retry_after_style not in ("seconds", "date", "none"):
-        problems.append("retry_after_style must be seconds, date or none")
-    if config.time_scale < 0 or config.create_delay < 0 or config.url_ttl < 0:
-        problems.append("time_scale, create_delay and url_ttl must not be negative")
-    if config.rate_limit < 0 or config.rate_window <= 0:
-        problems.append("rate_limit must be >= 0 and rate_window > 0")
-    if config.retry_after is not None and config.retry_after < 0:
-        problems.append("retry_after must not be negative")
-    if not config.api_key:
-        problems.append("api_key must not be empty")
-    return problems
 
 
 # -- content ---------------------------------------------------------------
@@ -274,6 +139,14 @@ class SimTask:
     curve: float = 1.0
     #: Monotonic time of the first poll that answered this task terminal (for benchmarks).
     seen_done_mono: float | None = None
+    #: Renders ``hang_factor`` times longer than its kind.
+    hangs: bool = False
+    #: Forgotten upstream once it ends: every lookup answers task_not_exist.
+    vanishes: bool = False
+
+    def gone(self, now: float) -> bool:
+        """Whether upstream has forgotten this task by monotonic time ``now``."""
+        return self.vanishes and self.phase(now)[2] is not None
 
     def phase(self, now: float, style: ProgressStyle = "linear") -> tuple[str, int, float | None]:
         """``(status, progress, finished_after_seconds)`` at monotonic time ``now``.
@@ -363,6 +236,13 @@ class SimState:
         """The monotonic clock task phases are measured on."""
         return time.monotonic()
 
+    def lookup(self, task_id: str) -> SimTask | None:
+        """The task as upstream knows it: ``None`` for an unknown id or a forgotten task."""
+        task = self.tasks.get(task_id)
+        if task is None or task.gone(self.now()):
+            return None
+        return task
+
     def count_poll(self, task_id: str) -> None:
         with self._lock:
             self.polls[task_id] += 1
@@ -429,12 +309,15 @@ class SimState:
             spread = math.exp(
                 config.spread * max(-_SPREAD_CUT, min(_SPREAD_CUT, self.rng.gauss(0.0, 1.0)))
             )
-            roll = self.rng.random()
+            dice = self._dice(request.fingerprint())
+            roll = dice.random()
             outcome: Literal["completed", "failed", "error"] = "completed"
             if roll < config.fail_rate:
                 outcome = "failed"
             elif roll < config.fail_rate + config.error_rate:
                 outcome = "error"
+            hangs = bool(config.hang_rate) and dice.random() < config.hang_rate
+            vanishes = bool(config.vanish_rate) and dice.random() < config.vanish_rate
             content = video_for(task_id)
             task = SimTask(
                 id=task_id,
@@ -443,17 +326,31 @@ class SimState:
                 created_mono=time.monotonic(),
                 duration=render_seconds(request.model, request.seconds, request.resolution)
                 * spread
-                * config.time_scale,
+                * config.time_scale
+                * (config.hang_factor if hangs else 1.0),
                 outcome=outcome,
                 content=content,
                 sha256=hashlib.sha256(content).hexdigest(),
                 queue_share=self.rng.uniform(0.05, 0.2),
                 curve=self.rng.uniform(0.6, 0.9),
+                hangs=hangs,
+                vanishes=vanishes,
             )
             self.tasks[task_id] = task
             self.counters["creates"] += 1
             self.fingerprints[request.fingerprint()] += 1
             return task
+
+    def _dice(self, fingerprint: str) -> random.Random:
+        """The chances of one task (its outcome, whether it hangs or vanishes).
+
+        Seeded by the seed, the request and how often it was created before: a
+        seeded run gives each job's n-th attempt the same fate whatever order
+        the creates arrive in (retries interleave with first attempts by timing).
+        """
+        if self.config.seed is None:
+            return self.rng
+        return random.Random(f"{self.config.seed}/{fingerprint}/{self.fingerprints[fingerprint]}")
 
     def status_word(self, status: str) -> str:
         vocabulary = self.config.vocabulary
@@ -574,6 +471,8 @@ def _task_summary(task: SimTask, started: float) -> dict[str, Any]:
         ],
         "fingerprint": request.fingerprint(),
         "outcome": task.outcome,
+        "hangs": task.hangs,
+        "vanishes": task.vanishes,
         "duration_s": round(task.duration, 4),
         # On the clock of ``request_times`` (seconds since the simulator started).
         "created_t": round(task.created_mono - started, 6),

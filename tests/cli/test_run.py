@@ -21,8 +21,8 @@ from run_helpers import matrix_manifest
 
 from batchvid.cli import cli
 from batchvid.ledger import Ledger
+from batchvid.sim.config import SimConfig
 from batchvid.sim.server import Simulator, SimulatorThread
-from batchvid.sim.state import SimConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = 0.01
@@ -359,3 +359,28 @@ def test_a_run_stopped_by_a_fault_says_why(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert "b: stopped in 15 min" in out and f"stopped early: {halt}" in out
     assert exit_code_of(report) == 1
+
+
+def test_the_retry_policy_from_the_command_line(tmp_path: Path, external_sim: Simulator) -> None:
+    """``--retry error=0`` turns ERROR retries off; by default they are made and summed up."""
+    external_sim.configure(error_rate=0.3)
+    none = batchvid(
+        *run_args(manifest(tmp_path, prompts=1)),
+        "--retry",
+        "error=0",
+        env=sim_env(external_sim, tmp_path / "none.db"),
+    )
+    assert none.returncode == 1 and "automatic retries" not in none.stdout
+    assert external_sim.stats()["creates"] == 10
+    retried = batchvid(
+        *run_args(manifest(tmp_path, prompts=1)), env=sim_env(external_sim, tmp_path / "on.db")
+    )
+    status = batchvid("status", "crash", "--json", "--ledger", str(tmp_path / "on.db"))
+    made = json.loads(status.stdout)["retries"]["error"]
+    assert f"automatic retries: {made} new attempt" in retried.stdout and made > 0
+    assert external_sim.stats()["creates"] == 10 + 10 + made
+    text = batchvid("status", "crash", "--ledger", str(tmp_path / "on.db")).stdout
+    assert f"automatic retries: error {made} (retry {{error: 2, failed: 0" in text
+    for bad, why in (("in_doubt=1", "never retried automatically"), ("error=x", "whole number")):
+        refused = batchvid("run", "m.yaml", "--simulate", "--retry", bad)
+        assert refused.returncode == 2 and why in refused.stderr

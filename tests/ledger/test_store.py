@@ -103,6 +103,7 @@ def test_migrations_apply_once_and_reopening_keeps_data(path: Path, clock: Clock
         ("batchvid", "m003_download_queue"),
         ("batchvid", "m004_render_evidence"),
         ("batchvid", "m005_download_schedule"),
+        ("batchvid", "m006_retries"),
     ]
 
 

@@ -18,7 +18,7 @@ from ledger_helpers import (
 from report_ledgers import T0, Clock
 
 from batchvid.errors import IllegalTransition, LedgerError
-from batchvid.ledger import Ledger, utc_iso
+from batchvid.ledger import AutoRetry, Ledger, utc_iso
 from batchvid.states import TRANSITIONS, JobState
 
 # -- transitions ------------------------------------------------------------------
@@ -34,6 +34,7 @@ def test_the_action_table_covers_every_edge_of_the_state_machine() -> None:
         (S.IN_DOUBT, S.IN_PROGRESS),  # the same, with a running task
         (S.STALLED, S.QUEUED),  # retry(STALLED)
         (S.STALLED, S.IN_PROGRESS),  # retry(STALLED)
+        (S.STALLED, S.PENDING),  # record_stalled(retry=...): a new attempt, the old split off
     }
     assert edges == {(s, d) for s, targets in TRANSITIONS.items() for d in targets}
 
@@ -214,3 +215,95 @@ def test_a_recovered_task_id_reaches_a_job_left_submitting_or_in_doubt(ledger: L
         assert state is S.IN_PROGRESS and row.task_id == f"task_{job_id}"
         assert row.error_message is None and row.finished_utc is None
         assert (ledger.events(job_id)[-1].detail or {})["recovered"] is True
+
+
+# -- the retry policy's new attempts ----------------------------------------------------
+
+
+def test_a_failed_attempt_retried_by_the_policy_is_pending_with_its_story(
+    ledger: Ledger, clock: Clock
+) -> None:
+    job_id = add_job(ledger)
+    reach(ledger, job_id, S.IN_PROGRESS)
+    retry = AutoRetry("error", T0 + 90, "retry.error = 2")
+    ledger.record_failed(job_id, "internal_error", "an internal error", retry=retry)
+    job = ledger.get_job(job_id)
+    assert (job.state, job.task_id, job.retry_at, job.retries) == (
+        S.PENDING,
+        None,
+        T0 + 90,
+        {"error": 1},
+    )
+    assert job.billable_attempts == 1 and "an internal error" in (job.error_message or "")
+    *_, failed, again = ledger.events(job_id)
+    assert (failed.from_state, failed.to_state) == (S.IN_PROGRESS, S.FAILED)
+    assert (again.from_state, again.to_state) == (S.FAILED, S.PENDING)
+    assert again.detail == {
+        "retry": "error",
+        "rule": "retry.error = 2",
+        "previous_task_id": f"task-{job_id}",
+        "attempt": 2,
+        "after_s": 90.0,
+    }
+    # Not due before its back-off ends; then it is, and the next failure counts on.
+    assert ledger.pending_jobs("b", 10, now=T0 + 89) == []
+    assert ledger.next_retry_time("b") == T0 + 90
+    assert [j.id for j in ledger.pending_jobs("b", 10, now=T0 + 90)] == [job_id]
+    reach(ledger, job_id, S.IN_PROGRESS)
+    assert ledger.get_job(job_id).retry_at is None and ledger.next_retry_time("b") is None
+    ledger.record_failed(job_id, "internal_error", "again", retry=retry)
+    assert ledger.get_job(job_id).retries == {"error": 2}
+    assert ledger.retries_made("b") == {"error": (2, 0.0)}
+    assert ledger.verify() == []
+
+
+def test_a_stalled_attempt_retried_is_split_off_and_still_watched(
+    ledger: Ledger, clock: Clock
+) -> None:
+    job_id = add_job(ledger)
+    reach(ledger, job_id, S.IN_PROGRESS)
+    job = ledger.get_job(job_id)
+    retry = AutoRetry("stalled", T0 + 30, "retry.stalled = 1")
+    kept = ledger.record_stalled(job_id, "ran 4x p99", retry=retry, watch_at=T0 + 300)
+    assert kept is not None
+    extra, again = ledger.get_job(kept), ledger.get_job(job_id)
+    # The earlier attempt keeps the task, is polled again, and bills nothing more.
+    assert (extra.state, extra.task_id, extra.extra_of, extra.key) == (
+        S.IN_PROGRESS,
+        job.task_id,
+        job_id,
+        f"{job.key}~a1",
+    )
+    assert (extra.next_poll_at, extra.billable_attempts, extra.idx) == (T0 + 300, 0, job.idx)
+    assert (again.state, again.task_id, again.retries) == (S.PENDING, None, {"stalled": 1})
+    assert again.billable_attempts == 1  # the stalled attempt's cost stays on the job
+    # Extra takes are not the batch's jobs: counts, the active cap and status keep them apart.
+    assert ledger.counts("b")[S.IN_PROGRESS] == 0 and ledger.counts("b")[S.PENDING] == 1
+    assert ledger.counts("b", extras=True)[S.IN_PROGRESS] == 1
+    assert ledger.active_count("b") == 0
+    assert ledger.status("b")["extra_takes"] == {"in_progress": 1}
+    assert ledger.status("b")["total"] == 1
+    steps = [(e.from_state, e.to_state) for e in ledger.events(kept)]
+    assert steps[-2:] == [(S.IN_PROGRESS, S.STALLED), (S.STALLED, S.IN_PROGRESS)]
+    assert ledger.events(job_id)[-1].detail["kept_as_job"] == kept  # type: ignore[index]
+    assert ledger.verify() == []
+    # It ends like any task: its video downloaded under its own row ...
+    ledger.record_completed(kept, "https://cdn.example/x.mp4", None)
+    ledger.record_downloaded(kept, "out/x-a1.mp4", 10, "cd" * 32)
+    assert ledger.status("b")["extra_takes"] == {"downloaded": 1}
+
+
+def test_an_extra_take_that_fails_stays_failed_whatever_the_user_retries(
+    ledger: Ledger,
+) -> None:
+    job_id = add_job(ledger)
+    reach(ledger, job_id, S.IN_PROGRESS)
+    retry = AutoRetry("stalled", T0, "retry.stalled = 1")
+    kept = ledger.record_stalled(job_id, "ran 4x p99", retry=retry, watch_at=T0)
+    assert kept is not None
+    ledger.record_stalled(kept, "watched for 2 h more")  # no retry: an earlier attempt
+    assert ledger.retry("b", S.STALLED) == 1  # watched again: the same task, no cost
+    assert ledger.get_job(kept).state is S.IN_PROGRESS
+    ledger.record_failed(kept, "task_not_exist", "task_not_exist")
+    assert ledger.retry("b", S.FAILED) == 0  # its job has had its new attempt
+    assert ledger.get_job(kept).state is S.FAILED and ledger.verify() == []

@@ -361,3 +361,44 @@ def test_alias_bomb_does_not_hang(tmp_path: Path) -> None:
     found = errors_of(path)
     assert any(i.path.startswith("prompts[") for i in found)
     assert len(found) < 50
+
+
+def test_the_retry_policy_defaults_and_overrides(tmp_path: Path) -> None:
+    base = HEAD + "defaults: {model: doubao-seedance-2-0}\nprompts: [hello]\n"
+    assert plan_of(tmp_path, base).manifest.retry.as_dict() == {
+        "error": 2,
+        "failed": 0,
+        "vanished": 1,
+        "stalled": 0,
+    }
+    custom = plan_of(tmp_path, base + "retry: {error: 5, stalled: 1}\n").manifest.retry
+    assert custom.as_dict() == {"error": 5, "failed": 0, "vanished": 1, "stalled": 1}
+    assert str(custom) == "{error: 5, failed: 0, vanished: 1, stalled: 1}"
+
+
+def test_retry_errors_are_located_and_in_doubt_is_refused_with_why(tmp_path: Path) -> None:
+    text = HEAD + textwrap.dedent("""\
+        defaults: {model: doubao-seedance-2-0}
+        prompts: [hello]
+        retry:
+          eror: 1
+          in_doubt: 1
+          failed: 11
+          vanished: -1
+          stalled: two
+        """)
+    found = {i.path: (i.line, i.message) for i in errors_of(write(tmp_path, text))}
+    assert found["retry.eror"] == (6, "unknown outcome (did you mean `error`?)")
+    assert found["retry.in_doubt"][0] == 7
+    assert "never retried automatically" in found["retry.in_doubt"][1]
+    assert found["retry.failed"] == (8, "at most 10 new attempts, not 11")
+    assert found["retry.vanished"] == (9, "must be at least 0, not -1")
+    assert found["retry.stalled"][0] == 10 and "whole number" in found["retry.stalled"][1]
+    bad = one_error(
+        tmp_path, HEAD + "defaults: {model: doubao-seedance-2-0}\nprompts: [x]\nretry: 3\n"
+    )
+    assert (bad.path, bad.line, bad.message) == (
+        "retry",
+        5,
+        "must be a mapping of key: value, not a number",
+    )

@@ -11,14 +11,14 @@ from typing import Any
 
 import anyio
 import pytest
-from run_helpers import OPTIONS, SCALE, ledger_jobs, matrix_manifest, run_once
+from run_helpers import NO_RETRIES, OPTIONS, SCALE, ledger_jobs, matrix_manifest, run_once
 
 from batchvid.errors import AuthError
 from batchvid.ledger import Ledger
 from batchvid.manifest.plan import load_plan
 from batchvid.run.batch import Endpoint, prepare
+from batchvid.sim.config import SimConfig
 from batchvid.sim.server import Simulator, serve_simulator
-from batchvid.sim.state import SimConfig
 from batchvid.states import JobState as S
 
 pytestmark = pytest.mark.anyio
@@ -85,10 +85,13 @@ async def test_401_stops_at_once_and_marks_nothing_failed(tmp_path: Path, sim: S
 
 
 async def test_failed_and_error_outcomes_end_failed_with_reasons(tmp_path: Path) -> None:
+    """With no retry policy, every FAILED or ERROR task ends its job failed, reason kept."""
+    options = replace(OPTIONS, retry=NO_RETRIES)
     async with serve_simulator(
         SimConfig(time_scale=SCALE, seed=11, fail_rate=0.3, error_rate=0.2)
     ) as sim:
-        report, _ = await run_once(tmp_path, sim, load_plan(matrix_manifest(tmp_path)))
+        plan = load_plan(matrix_manifest(tmp_path))
+        report, _ = await run_once(tmp_path, sim, plan, options)
         outcomes = {t: v["outcome"] for t, v in sim.stats()["tasks"].items()}
     assert not report.all_done and not report.interrupted
     jobs = ledger_jobs(tmp_path)
@@ -117,7 +120,8 @@ async def test_faults_end_in_the_right_states_and_nothing_is_paid_twice(tmp_path
     async with serve_simulator(config) as sim:
         sim.inject(expire=6)  # six downloads meet an expired URL and must refresh it
         sim.inject(drop_after_create=2)  # two creates for sure, whatever the coin flips
-        report, _ = await run_once(tmp_path, sim, plan)
+        # No retry policy: every repeated create below is one the user asked for.
+        report, _ = await run_once(tmp_path, sim, plan, replace(OPTIONS, retry=NO_RETRIES))
         stats = sim.stats()
         assert not stats["pending_faults"].get("expire"), stats["pending_faults"]  # all met
         jobs = ledger_jobs(tmp_path)
@@ -136,7 +140,7 @@ async def test_faults_end_in_the_right_states_and_nothing_is_paid_twice(tmp_path
         # The user decides to resubmit the in-doubt jobs: now, and only now, duplicates appear.
         with Ledger(tmp_path / "ledger.db") as ledger:
             assert ledger.retry("e2e", S.IN_DOUBT) == len(in_doubt)
-        calm = replace(OPTIONS)
+        calm = replace(OPTIONS, retry=NO_RETRIES)
         sim.configure(p_drop_after_create=0.0, p_5xx=0.0, fail_rate=0.0, error_rate=0.0)
         await run_once(tmp_path, sim, plan, calm)
         assert sim.stats()["duplicate_creates"] == len(in_doubt)

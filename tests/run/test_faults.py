@@ -22,8 +22,8 @@ from batchvid.ledger import Ledger
 from batchvid.manifest.plan import load_plan
 from batchvid.remote import download
 from batchvid.run.recovery import recovery_path
+from batchvid.sim.config import SimConfig
 from batchvid.sim.server import serve_simulator
-from batchvid.sim.state import SimConfig
 from batchvid.states import JobState as S
 
 pytestmark = pytest.mark.anyio

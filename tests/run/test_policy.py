@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from batchvid.manifest import Retries
 from batchvid.remote.protocol import RetryPolicy
 from batchvid.run.policy import (
     MAX_SUBMIT_PAUSE_S,
+    AttemptPolicy,
     Budget,
     DownloadRetries,
     SubmitPause,
@@ -61,13 +63,10 @@ def test_a_servers_retry_after_is_a_floor_up_to_an_hour() -> None:
 
 def test_download_tries_back_off_then_are_spent_for_the_run() -> None:
     retries = DownloadRetries(attempts=3)
-    assert not retries.spent(7)
     assert retries.failed(7, now=0.0, draw=0.0) == 4.0  # the first: 4 s
     assert retries.failed(7, now=4.0, draw=0.5) == pytest.approx(4.0 + 8.0 + 0.5)
-    assert not retries.spent(7)
     assert retries.failed(7, now=20.0, draw=0.0) is None  # the third: spent
-    assert retries.spent(7) and not retries.spent(8)
-    assert retries.spent_count(excluding=set()) == 1 and retries.spent_count(excluding={7}) == 0
+    assert retries.failed(8, now=20.0, draw=0.0) == 24.0  # each job its own tries
     half = DownloadRetries(attempts=5, scale=0.5)
     assert [half.failed(1, now=0.0, draw=0.0) for _ in range(5)] == [2.0, 4.0, 8.0, 16.0, None]
 
@@ -78,3 +77,32 @@ def test_one_backoff_formula() -> None:
     assert policy.wait(3, draw=0.5) == 2.5
     assert policy.wait(100) == 30.0
     assert policy.scaled(0.1).wait(2) == pytest.approx(0.1)
+
+
+def test_new_attempts_follow_the_rules_per_kind_and_back_off_together() -> None:
+    policy = AttemptPolicy(Retries(error=2, failed=0, vanished=1, stalled=1))
+    first = policy.next_attempt("error", {}, now=100.0, draw=0.0)
+    assert first is not None and (first.kind, first.retry_at, first.rule) == (
+        "error",
+        130.0,
+        "retry.error = 2",
+    )
+    second = policy.next_attempt("error", {"error": 1}, now=100.0, draw=1.0)
+    assert second is not None and second.retry_at == 100.0 + 60.0 + 15.0  # 60 s, full jitter
+    assert policy.next_attempt("error", {"error": 2}, now=100.0, draw=0.0) is None  # spent
+    assert policy.next_attempt("failed", {}, now=100.0, draw=0.0) is None  # never by default
+    # The back-off counts every automatic retry of the job, whatever the kind.
+    third = policy.next_attempt("stalled", {"error": 2, "vanished": 1}, now=0.0, draw=0.0)
+    assert third is not None and third.retry_at == 240.0  # the 4th: 30 s x 2^3
+    assert policy.next_attempt("vanished", {"error": 9}, now=0.0, draw=0.0) is not None
+    capped = policy.next_attempt("stalled", {"error": 9}, now=0.0, draw=0.0)
+    assert capped is not None and capped.retry_at == 600.0  # at most 10 minutes
+
+
+def test_a_run_that_submits_nothing_makes_no_new_attempt_and_waits_scale() -> None:
+    assert AttemptPolicy(enabled=False).next_attempt("error", {}, 0.0, 0.0) is None
+    fast = AttemptPolicy(scale=0.01)
+    retry = fast.next_attempt("error", {}, now=0.0, draw=0.0)
+    assert retry is not None and retry.retry_at == pytest.approx(0.3)
+    assert fast.watch_every == pytest.approx(3.0)
+    assert not fast.watched_enough(71.9) and fast.watched_enough(72.0)

@@ -23,9 +23,10 @@ from click.testing import CliRunner
 from batchvid.catalogue import MODELS
 from batchvid.cli.simulator import simulator as simulator_command
 from batchvid.remote.protocol import FilePart, encode_multipart
+from batchvid.sim.config import KNOB_HELP, SimConfig
 from batchvid.sim.requests import parse_range
 from batchvid.sim.server import Simulator
-from batchvid.sim.state import KNOB_HELP, SimConfig, max_in_window, render_seconds
+from batchvid.sim.state import max_in_window, render_seconds
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 FAST = "doubao-seedance-2-0-fast"
@@ -277,6 +278,47 @@ def test_failed_and_error_outcomes(sim_thread: Simulator, http: httpx.Client) ->
     assert "video_url" not in failed and "video_url" not in errored
     content = http.get(f"/v1/videos/{errored_id}/content")
     assert content.status_code == 400
+
+
+def test_a_hanging_task_renders_longer_and_a_vanishing_one_is_forgotten_when_done(
+    sim_thread: Simulator, http: httpx.Client
+) -> None:
+    sim_thread.configure(hang_rate=1.0, hang_factor=20.0)
+    hung = new_task(http, "one that hangs")
+    sim_thread.configure(hang_rate=0.0, vanish_rate=1.0)
+    gone = new_task(http, "one that vanishes")
+    tasks = sim_thread.stats()["tasks"]
+    assert tasks[hung]["hangs"] and not tasks[hung]["vanishes"]
+    assert tasks[gone]["vanishes"] and not tasks[gone]["hangs"]
+    assert tasks[hung]["duration_s"] == pytest.approx(20 * tasks[gone]["duration_s"], rel=0.4)
+    assert http.get(f"/v1/videos/{gone}").status_code == 200  # known while it renders
+    deadline = time.monotonic() + 10
+    while (answer := http.get(f"/v1/videos/{gone}")).status_code == 200:
+        assert answer.json()["status"] in ("SUBMITTED", "IN_PROGRESS"), "never seen done"
+        assert time.monotonic() < deadline
+        time.sleep(0.003)
+    assert answer.status_code == 400 and "task_not_exist" in answer.text
+    assert http.get(f"/v1/videos/{gone}/content").status_code == 400
+
+
+def test_seeded_fates_follow_the_request_not_the_order_of_creates(
+    sim_thread: Simulator, http: httpx.Client
+) -> None:
+    """A seeded simulator gives the n-th create of one request the same outcome, whatever
+    was created before it: retries interleaved by timing stay repeatable."""
+    sim_thread.configure(error_rate=0.5)
+    prompts = [f"fate {i}" for i in range(12)]
+
+    def outcomes(order: list[str]) -> dict[str, str]:
+        sim_thread.reset()
+        sim_thread.configure(error_rate=0.5)
+        made = {prompt: new_task(http, prompt) for prompt in order}
+        tasks = sim_thread.stats()["tasks"]
+        return {prompt: tasks[task]["outcome"] for prompt, task in made.items()}
+
+    forwards = outcomes(prompts)
+    assert outcomes(prompts[::-1]) == forwards
+    assert set(forwards.values()) == {"completed", "error"}
 
 
 def test_render_time_follows_model_seconds_and_resolution() -> None:

@@ -1,0 +1,182 @@
+"""How an attempt ends without a video, and the new attempts the retry policy makes.
+
+``record_failed`` and ``record_stalled`` end an attempt; given an
+:class:`~batchvid.ledger.rows.AutoRetry` they also make the next one, in the
+same transaction: the job goes back to ``pending`` (not submitted before the
+back-off ends), its automatic retries counted per kind in ``retries_json``,
+and every step an event.  A stalled attempt is not dropped: it is split off
+into a row of its own (``extra_of`` the job) that keeps the task and is still
+polled; if it finishes, its video is an extra take.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+from ..states import POLLING_STATES, JobState
+from .core import LedgerCore
+from .rows import EXTRA_KEY_MARK, AutoRetry, JobRow
+
+__all__ = ["NEW_ATTEMPT", "AttemptTransitions"]
+
+S = JobState
+
+#: Per-attempt fields, cleared when a job goes back to pending for a new attempt.
+NEW_ATTEMPT: Final = """task_id = NULL, remote_status = NULL, progress = NULL, polls = 0,
+    next_poll_at = NULL, watch_started_at = NULL, video_url = NULL,
+    video_url_expires_at = NULL, error_code = NULL, error_message = NULL,
+    download_errors = 0, submitted_utc = NULL, queued_utc = NULL, started_utc = NULL,
+    completed_utc = NULL, finished_utc = NULL, sent_at = NULL, answered_at = NULL,
+    last_running_at = NULL, server_created_at = NULL, server_completed_at = NULL,
+    render_lo_s = NULL, render_hi_s = NULL, render_s = NULL, next_download_at = NULL"""
+#: The columns an earlier attempt split off a job keeps as they were (see ``_split_off``).
+_KEPT: Final = tuple(
+    c
+    for c in JobRow._fields
+    if c not in {"id", "key", "state", "billable_attempts", "next_poll_at", "watch_started_at",
+                 "error_code", "error_message", "finished_utc", "updated_utc", "retries_json",
+                 "retry_at", "extra_of"}
+)  # fmt: skip
+
+
+class AttemptTransitions(LedgerCore):
+    """Attempts that end without a video, and the new ones the retry policy makes."""
+
+    def record_failed(
+        self,
+        job_id: int,
+        code: str | None,
+        message: str,
+        *,
+        remote_status: str | None = None,
+        retry: AutoRetry | None = None,
+    ) -> None:
+        """queued/in_progress (or completed, task gone) -> failed; the reason is kept.
+
+        ``retry``: the retry policy gives the job a new attempt: failed -> pending
+        in the same transaction, both steps in the events.
+        """
+        with self._write() as conn:
+            self._step(
+                conn,
+                job_id,
+                "fail",
+                POLLING_STATES | {S.COMPLETED},
+                S.FAILED,
+                """error_code = :code, error_message = :message, polls = polls + 1,
+                   remote_status = coalesce(:remote_status, remote_status),
+                   next_poll_at = NULL, finished_utc = :now""",
+                {"code": code, "message": message, "remote_status": remote_status},
+                {"code": code, "message": message},
+            )
+            if retry is not None:
+                self._new_attempt(conn, job_id, S.FAILED, retry, message)
+
+    def record_stalled(
+        self,
+        job_id: int,
+        reason: str = "still not finished after max_wait",
+        *,
+        retry: AutoRetry | None = None,
+        watch_at: float | None = None,
+    ) -> int | None:
+        """queued/in_progress -> stalled: given up on for this run (``reason`` is kept).
+
+        The poll that found it still running counts; polling stops.  With
+        ``retry``, the job gets a new attempt (stalled -> pending) and its
+        stalled attempt is split off into a row of its own that keeps the task,
+        watched from ``watch_at`` on (see :meth:`_split_off`); returns that
+        row's id.  One transaction.
+        """
+        with self._write() as conn:
+            self._step(
+                conn,
+                job_id,
+                "stall",
+                POLLING_STATES,
+                S.STALLED,
+                """next_poll_at = NULL, finished_utc = :now, polls = polls + 1,
+                   error_code = 'stalled', error_message = :reason""",
+                {"reason": reason},
+                {"reason": reason},
+            )
+            if retry is None:
+                return None
+            kept = self._split_off(conn, job_id, self.clock() if watch_at is None else watch_at)
+            self._new_attempt(conn, job_id, S.STALLED, retry, reason, kept_as=kept)
+            return kept
+
+    def _new_attempt(
+        self,
+        conn: sqlite3.Connection,
+        job_id: int,
+        src: JobState,
+        retry: AutoRetry,
+        why: str,
+        *,
+        kept_as: int | None = None,
+    ) -> None:
+        """``src`` -> pending by the retry policy: a new attempt, not before ``retry_at``."""
+        task_id, attempts = conn.execute(
+            "SELECT task_id, attempts FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        detail = {
+            "retry": retry.kind,
+            "rule": retry.rule,
+            "previous_task_id": task_id,
+            "attempt": attempts + 1,
+            "after_s": round(max(0.0, retry.retry_at - self.clock()), 1),
+            **({"kept_as_job": kept_as} if kept_as is not None else {}),
+        }
+        self._step(
+            conn,
+            job_id,
+            f"retry ({retry.rule})",
+            {src},
+            S.PENDING,
+            f"""{NEW_ATTEMPT}, retry_at = :retry_at, error_message = :why,
+               retries_json = json_set(retries_json, '$.' || :kind,
+                   coalesce(json_extract(retries_json, '$.' || :kind), 0) + 1)""",
+            {
+                "retry_at": retry.retry_at,
+                "why": f"{retry.kind}, retried: {why}",
+                "kind": retry.kind,
+            },
+            detail,
+        )
+
+    def _split_off(self, conn: sqlite3.Connection, job_id: int, watch_at: float) -> int:
+        """Copy a stalled job's attempt into a row of its own, still polled: the extra take.
+
+        The copy keeps the task, its request and its history (the events up to
+        the stall are copied, so its chain replays); it is keyed
+        ``<key>~a<attempt>``, points at the job by ``extra_of``, bills nothing
+        more (the cost stays counted on the job), and goes back to
+        queued/in_progress, first polled at ``watch_at``.
+        """
+        kept = ", ".join(_KEPT)
+        started = "CASE WHEN started_utc IS NULL THEN 'queued' ELSE 'in_progress' END"
+        values = {"id": job_id, "watch_at": watch_at, "mark": EXTRA_KEY_MARK, **self._stamp()}
+        new_id = conn.execute(
+            f"""INSERT INTO jobs ({kept}, key, state, billable_attempts, next_poll_at,
+                watch_started_at, updated_utc, extra_of)
+            SELECT {kept}, key || :mark || attempts, {started}, 0, :watch_at, :now_at, :now, id
+            FROM jobs WHERE id = :id""",
+            values,
+        ).lastrowid
+        conn.execute(
+            """INSERT INTO events (job_id, from_state, to_state, at_utc, detail_json)
+            SELECT ?, from_state, to_state, at_utc, detail_json FROM events
+            WHERE job_id = ? ORDER BY id""",
+            (new_id, job_id),
+        )
+        conn.execute(
+            """INSERT INTO events (job_id, from_state, to_state, at_utc, detail_json)
+            SELECT id, 'stalled', state, :now, json_object('watched', json('true'),
+                'split_from_job', extra_of, 'task_id', task_id)
+            FROM jobs WHERE id = :new_id""",
+            {"new_id": new_id, **values},
+        )
+        assert new_id is not None
+        return int(new_id)
