@@ -137,13 +137,11 @@ def run(
     its own, by any policy: it may have been billed. `batchvid retry BATCH
     --in-doubt` resubmits such jobs when you decide to.
 
-    Automatic retries (the manifest's `retry:`, or --retry): a task that ends
-    ERROR gets 2 new attempts, one that vanished upstream 1; FAILED (the
-    provider refused the content) and stalled get none unless you ask. Each
-    new attempt is a new task, billed and counted against budget_usd, and
-    waits 30 s, 60 s ... up to 10 minutes. A stalled task is not dropped when
-    its job is retried: it is watched on (every 5 minutes, for 2 hours), and
-    its video, if it comes, is kept as an extra take.
+    Automatic retries (the manifest's `retry:`, or --retry): ERROR gets 2 new
+    attempts, a vanished task 1, FAILED and stalled none unless you ask; each
+    is a new, billed task within budget_usd, 30 s ... 10 min apart. A stalled
+    or vanished task is watched on (every 5 min, up to 2 h; the run waits),
+    and its video, if it comes, kept as an extra take.
 
     \b
     A run always ends. Downloads get 5 tries per run (4, 8, 16, 32 s apart;

@@ -4,9 +4,10 @@
 :class:`~batchvid.ledger.rows.AutoRetry` they also make the next one, in the
 same transaction: the job goes back to ``pending`` (not submitted before the
 back-off ends), its automatic retries counted per kind in ``retries_json``,
-and every step an event.  A stalled attempt is not dropped: it is split off
-into a row of its own (``extra_of`` the job) that keeps the task and is still
-polled; if it finishes, its video is an extra take.
+and every step an event.  A stalled or vanished attempt is not dropped: it is
+split off into a row of its own (``extra_of`` the job) that keeps the task and
+is still watched (a stalled task may still finish; one upstream lost may be
+found again); if it finishes, its video is an extra take.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ NEW_ATTEMPT: Final = """task_id = NULL, remote_status = NULL, progress = NULL, p
 _KEPT: Final = tuple(
     c
     for c in JobRow._fields
-    if c not in {"id", "key", "state", "billable_attempts", "next_poll_at", "watch_started_at",
-                 "error_code", "error_message", "finished_utc", "updated_utc", "retries_json",
-                 "retry_at", "extra_of"}
+    if c not in {"id", "key", "billable_attempts", "next_poll_at", "watch_started_at",
+                 "next_download_at", "updated_utc", "retries_json", "retry_at", "extra_of"}
 )  # fmt: skip
+
+
+_POLLED: Final = ", ".join(f"'{s.value}'" for s in sorted(POLLING_STATES))
 
 
 class AttemptTransitions(LedgerCore):
@@ -51,13 +54,19 @@ class AttemptTransitions(LedgerCore):
         *,
         remote_status: str | None = None,
         retry: AutoRetry | None = None,
-    ) -> None:
+        watch_at: float | None = None,
+    ) -> int | None:
         """queued/in_progress (or completed, task gone) -> failed; the reason is kept.
 
         ``retry``: the retry policy gives the job a new attempt: failed -> pending
-        in the same transaction, both steps in the events.
+        in the same transaction, both steps in the events.  With ``watch_at`` too,
+        the attempt is first split off and watched from then on (a task upstream
+        lost may be found again); returns the id of that row.
         """
         with self._write() as conn:
+            kept = None
+            if retry is not None and watch_at is not None:
+                kept = self._split_off(conn, job_id, watch_at)
             self._step(
                 conn,
                 job_id,
@@ -71,7 +80,8 @@ class AttemptTransitions(LedgerCore):
                 {"code": code, "message": message},
             )
             if retry is not None:
-                self._new_attempt(conn, job_id, S.FAILED, retry, message)
+                self._new_attempt(conn, job_id, S.FAILED, retry, message, kept_as=kept)
+            return kept
 
     def record_stalled(
         self,
@@ -90,6 +100,9 @@ class AttemptTransitions(LedgerCore):
         row's id.  One transaction.
         """
         with self._write() as conn:
+            kept = None
+            if retry is not None:
+                kept = self._split_off(conn, job_id, self.clock() if watch_at is None else watch_at)
             self._step(
                 conn,
                 job_id,
@@ -101,10 +114,8 @@ class AttemptTransitions(LedgerCore):
                 {"reason": reason},
                 {"reason": reason},
             )
-            if retry is None:
-                return None
-            kept = self._split_off(conn, job_id, self.clock() if watch_at is None else watch_at)
-            self._new_attempt(conn, job_id, S.STALLED, retry, reason, kept_as=kept)
+            if retry is not None:
+                self._new_attempt(conn, job_id, S.STALLED, retry, reason, kept_as=kept)
             return kept
 
     def _new_attempt(
@@ -147,21 +158,26 @@ class AttemptTransitions(LedgerCore):
         )
 
     def _split_off(self, conn: sqlite3.Connection, job_id: int, watch_at: float) -> int:
-        """Copy a stalled job's attempt into a row of its own, still polled: the extra take.
+        """Copy a job's attempt, as it stands, into a row of its own: the extra take.
 
-        The copy keeps the task, its request and its history (the events up to
-        the stall are copied, so its chain replays); it is keyed
-        ``<key>~a<attempt>``, points at the job by ``extra_of``, bills nothing
-        more (the cost stays counted on the job), and goes back to
-        queued/in_progress, first polled at ``watch_at``.
+        Called before the attempt is ended on the job.  The copy keeps the task,
+        its request, its state and its history (the job's events so far are
+        copied, so its chain replays); it is keyed ``<key>~a<attempt>``, points
+        at the job by ``extra_of``, bills nothing more (the cost stays counted
+        on the job), and if its task is polled, is next polled at ``watch_at``.
         """
         kept = ", ".join(_KEPT)
-        started = "CASE WHEN started_utc IS NULL THEN 'queued' ELSE 'in_progress' END"
-        values = {"id": job_id, "watch_at": watch_at, "mark": EXTRA_KEY_MARK, **self._stamp()}
+        values = {
+            "id": job_id,
+            "watch_at": watch_at,
+            "mark": EXTRA_KEY_MARK,
+            **self._stamp(),
+        }
+        polled = f"CASE WHEN state IN ({_POLLED}) THEN :watch_at END"
         new_id = conn.execute(
-            f"""INSERT INTO jobs ({kept}, key, state, billable_attempts, next_poll_at,
+            f"""INSERT INTO jobs ({kept}, key, billable_attempts, next_poll_at,
                 watch_started_at, updated_utc, extra_of)
-            SELECT {kept}, key || :mark || attempts, {started}, 0, :watch_at, :now_at, :now, id
+            SELECT {kept}, key || :mark || attempts, 0, {polled}, :now_at, :now, id
             FROM jobs WHERE id = :id""",
             values,
         ).lastrowid
@@ -170,13 +186,6 @@ class AttemptTransitions(LedgerCore):
             SELECT ?, from_state, to_state, at_utc, detail_json FROM events
             WHERE job_id = ? ORDER BY id""",
             (new_id, job_id),
-        )
-        conn.execute(
-            """INSERT INTO events (job_id, from_state, to_state, at_utc, detail_json)
-            SELECT id, 'stalled', state, :now, json_object('watched', json('true'),
-                'split_from_job', extra_of, 'task_id', task_id)
-            FROM jobs WHERE id = :new_id""",
-            {"new_id": new_id, **values},
         )
         assert new_id is not None
         return int(new_id)

@@ -208,7 +208,7 @@ class LedgerQueries(LedgerCore):
         """The batch's extra takes per state (few: their own small index, not a scan)."""
         return dict(
             self._rows(
-                """SELECT state, count(*) FROM jobs INDEXED BY jobs_extra_of
+                """SELECT state, count(*) FROM jobs INDEXED BY jobs_extra_takes
                 WHERE extra_of IS NOT NULL AND batch = ? GROUP BY state""",
                 (batch,),
                 tuples=True,
@@ -235,7 +235,7 @@ class LedgerQueries(LedgerCore):
         what they are estimated to cost (USD; 0 when unpriced)."""
         rows = self._rows(
             """SELECT r.key, total(r.value), total(r.value * coalesce(est_cost_usd, 0))
-            FROM jobs, json_each(jobs.retries_json) AS r
+            FROM jobs INDEXED BY jobs_retried, json_each(jobs.retries_json) AS r
             WHERE batch = ? AND retries_json != '{}' GROUP BY r.key ORDER BY r.key""",
             (batch,),
             tuples=True,

@@ -227,7 +227,8 @@ def m006_retries(db: sqlite_utils.Database) -> None:
         """CREATE INDEX jobs_retry_queue ON jobs (batch, retry_at)
         WHERE state = 'pending' AND retry_at IS NOT NULL"""
     )
-    db.execute("CREATE INDEX jobs_extra_of ON jobs (extra_of) WHERE extra_of IS NOT NULL")
+    db.execute("CREATE INDEX jobs_extra_takes ON jobs (batch, state) WHERE extra_of IS NOT NULL")
+    db.execute("CREATE INDEX jobs_retried ON jobs (batch) WHERE retries_json != '{}'")
 
 
 _migration(m006_retries)

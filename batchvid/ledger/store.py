@@ -194,13 +194,19 @@ class Ledger(RunTransitions, AttemptTransitions, LedgerQueries):
 
     def start_run(self, batch: str, *, retry: Mapping[str, int] | None = None) -> int:
         """A run begins: completed jobs may be downloaded again at once (returns how many),
-        and ``retry``, the policy it runs under, is recorded for reports."""
+        automatic retries may go at once (their back-offs were the last run's), and
+        ``retry``, the policy the run makes new attempts under, is recorded for reports."""
         with self._write() as conn:
             if retry is not None:
                 conn.execute(
                     "UPDATE batches SET retry_json = ? WHERE name = ?",
                     (json.dumps(dict(retry)), batch),
                 )
+            conn.execute(
+                """UPDATE jobs SET retry_at = NULL
+                WHERE batch = ? AND state = 'pending' AND retry_at IS NOT NULL""",
+                (batch,),
+            )
             return int(
                 conn.execute(
                     """UPDATE jobs SET next_download_at = NULL

@@ -317,7 +317,7 @@ def _figure(job: JobRow, took: float | None, html_dir: str, base: Path, preload:
         bits.append(f"attempt {job.attempts}")
     if took is not None:
         bits.append(f"{took:.1f} s" if took < 10 else f"{took:,.0f} s")
-    cost = job_cost(job)
+    cost = job_cost(job) if job.extra_of is None else None  # an extra take's is its job's
     if cost is not None:
         bits.append(usd(cost))
     aspect = _aspect(job.size)

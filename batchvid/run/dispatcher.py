@@ -375,7 +375,8 @@ def _take_over(ledger: Ledger, batch: str, record: Recorder) -> int:
     The task ids it could not record (its recovery file) go in first; then jobs
     left ``submitting`` are in doubt.  Returns how many of those there were.
     """
-    ledger.start_run(batch, retry=record.attempts.rules.as_dict())
+    policy = record.attempts  # a run that submits nothing makes no new attempt: not its policy
+    ledger.start_run(batch, retry=policy.rules.as_dict() if policy.enabled else None)
     note = record.tally.failures.append
     found = import_tasks(ledger.path, batch, lambda entry: record_kept(ledger, entry, note))
     if found:

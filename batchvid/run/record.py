@@ -234,7 +234,7 @@ class Recorder:
         now = self.clock()
         task = outcome.task
         if outcome.kind == "vanished":
-            self._ended(job, "vanished", "task_not_exist", outcome.reason)
+            self._ended(job, "vanished", "task_not_exist", outcome.reason, keep=True)
         elif task is None:
             self._no_answer(job, outcome.error or ApiError(outcome.reason), asked_at)
         elif task.status is TaskStatus.COMPLETED:
@@ -279,12 +279,21 @@ class Recorder:
         reason: str,
         *,
         remote_status: str | None = None,
+        keep: bool = False,
     ) -> None:
         """An attempt ended without a video (``kind``: error, failed, vanished): the job
-        is failed, or pending again for a new attempt when the retry policy allows one."""
+        is failed, or pending again for a new attempt when the retry policy allows one.
+
+        ``keep``: a new attempt does not drop this one's task (upstream may find a
+        vanished task again): it is split off and watched, its video an extra take.
+        """
         retry = self._next_attempt(job, kind)
-        self.ledger.record_failed(job.id, code, reason, remote_status=remote_status, retry=retry)
-        self.tally.note(job, f"{code}: {reason}" + self._retrying(retry))
+        watch_at = self.clock() + self.attempts.watch_every if keep and retry else None
+        self.ledger.record_failed(
+            job.id, code, reason, remote_status=remote_status, retry=retry, watch_at=watch_at
+        )
+        kept = "; the task is still watched" if watch_at is not None else ""
+        self.tally.note(job, f"{code}: {reason}{self._retrying(retry)}{kept}")
 
     def _stalled(self, job: JobRow, reason: str, shown: str) -> None:
         """Given up on for now: stalled, or (policy allowing) a new attempt while the
@@ -301,6 +310,7 @@ class Recorder:
         retry = self.attempts.next_attempt(kind, job.retries, self.clock(), self.rng.random())
         if retry is not None:
             self.tally.look_for_pending = True
+            self.downloads.tries.pop(job.id, None)  # the new attempt's video gets every try
         return retry
 
     def _retrying(self, retry: AutoRetry | None) -> str:
@@ -376,7 +386,7 @@ class Recorder:
             )
             self.tally.finished += 1
         elif outcome.kind == "vanished":
-            self._ended(job, "vanished", "task_not_exist", outcome.reason)
+            self._ended(job, "vanished", "task_not_exist", outcome.reason, keep=True)
         else:
             if outcome.fresh_url is not None:
                 self.ledger.refresh_url(job.id, outcome.fresh_url, url_expiry(outcome.fresh_url))

@@ -79,14 +79,24 @@ async def test_failed_is_not_retried_by_default_and_its_reason_is_shown(tmp_path
     assert any(job.error_message in f for f in report.failures for job in failed)
 
 
-async def test_a_vanished_task_gets_a_new_attempt(tmp_path: Path) -> None:
+async def test_a_vanished_task_gets_a_new_attempt_and_is_looked_for_once_more(
+    tmp_path: Path,
+) -> None:
+    """Upstream forgets 10 % of tasks once they end: each such job gets its one new
+    attempt, and the lost task is kept and asked for again (it might be found): still
+    gone, that extra take ends failed, and counts in no exit code."""
     plan = load_plan(matrix_manifest(tmp_path, prompts=2))
     async with serve_simulator(SimConfig(time_scale=SCALE, seed=41, vanish_rate=0.1)) as sim:
         report, _ = await run_once(tmp_path, sim, plan)
         stats = sim.stats()
-    jobs = ledger_jobs(tmp_path)
+    rows = ledger_jobs(tmp_path)
+    jobs = [row for row in rows if row.extra_of is None]
+    extras = [row for row in rows if row.extra_of is not None]
     assert report.all_done and {k for job in jobs for k in job.retries} == {"vanished"}
-    assert stats["creates"] == 20 + retries_of(jobs)
+    assert stats["creates"] == 20 + retries_of(jobs) == 20 + len(extras)
+    assert report.extras == {"failed": len(extras)}
+    assert all(stats["tasks"][extra.task_id]["vanishes"] for extra in extras)
+    assert all(stats["polls"][extra.task_id] >= 2 for extra in extras)  # asked for again
 
 
 async def test_a_stalled_task_that_finishes_after_the_retry_is_kept_as_an_extra_take(
