@@ -29,6 +29,7 @@ __all__ = [
     "documented_sizes",
     "get_model",
     "is_ratio",
+    "normalised_size",
     "render_size",
     "short_name",
     "size_problem",
@@ -148,12 +149,44 @@ def render_size(model_id: str, size: str, resolution: str) -> str:
     return documented_sizes(model_id, resolution).get(size, size)
 
 
+def normalised_size(model_id: str, size: str, resolution: str) -> str:
+    """The WxH the API renders, as the docs describe it (the simulator renders this).
+
+    - A ratio renders its documented size at the resolution, except that a
+      ratio-only request to 1.5 Pro "renders the 720p row" whatever the
+      resolution asked.
+    - An exact WxH the docs list for the model and resolution renders as asked;
+      any other "can normalize to another size": the documented size of the
+      nearest aspect ratio (``doubao-seedance-2-0`` given ``1920x1080`` renders
+      ``1280x720``).
+    - A resolution the model does not offer renders its 720p row.
+    """
+    if is_ratio(size) and model_id == "doubao-seedance-1-5-pro":
+        resolution = DEFAULT_RESOLUTION
+    table = documented_sizes(model_id, resolution) or documented_sizes(model_id, DEFAULT_RESOLUTION)
+    if not table:
+        return render_size(model_id, size, resolution)
+    if is_ratio(size):
+        return table.get(size, size)
+    if size in table.values():
+        return size
+    width, height = (int(n) for n in size.split("x"))
+    asked = width / height
+
+    def distance(wxh: str) -> float:
+        w, h = (int(n) for n in wxh.split("x"))
+        return abs(w / h - asked)
+
+    return min(table.values(), key=distance)
+
+
 def size_problem(model_id: str, size: str, resolution: str) -> tuple[str, str] | None:
     """Check ``size`` for a model at a resolution.
 
     Returns ``None`` when fine, ``("error", why)`` when the API will refuse it,
     or ``("warning", why)`` for an exact WxH the docs do not list for that
-    model and resolution (it may be normalised to another size, or fail).
+    model and resolution (it may be normalised to another size, or fail), and
+    for a ratio that the docs say renders another resolution's row.
     """
     if not SIZE_PATTERN.match(size):
         return (
@@ -162,7 +195,16 @@ def size_problem(model_id: str, size: str, resolution: str) -> tuple[str, str] |
             "such as 1280x720",
         )
     if is_ratio(size):
-        return None
+        exact = documented_sizes(model_id, resolution).get(size)
+        rendered = normalised_size(model_id, size, resolution)
+        if exact is None or rendered == exact:  # (a resolution not offered is its own error)
+            return None
+        return (
+            "warning",
+            f"{model_id} renders a ratio-only size at {DEFAULT_RESOLUTION} whatever the "
+            f"resolution asked (the docs): {size} at {resolution} renders {rendered}; "
+            f"ask for {exact} to get {resolution}",
+        )
     table = documented_sizes(model_id, resolution)
     if size in table.values():
         return None

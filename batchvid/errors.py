@@ -18,7 +18,8 @@
     │   └── InDoubtError       a create was sent but its answer was lost: a task may exist
     └── DownloadError          a video could not be fetched or verified
         ├── UrlExpired         the signed URL is refused or expired: re-query the task
-        └── DiskFull           no space left for the video: nothing wrong with it
+        ├── DiskFull           no space left for the video: nothing wrong with it
+        └── Undecodable        the bytes arrived whole but are not a playable video
 
 The library raises only these (``raise ... from exc`` at every boundary); the
 CLI turns them into messages and exit codes in one place.  No exception ever
@@ -47,6 +48,7 @@ __all__ = [
     "RetryableError",
     "ServiceRefused",
     "TaskNotFound",
+    "Undecodable",
     "UrlExpired",
     "ledger_error",
 ]
@@ -191,6 +193,12 @@ class DiskFull(DownloadError):
     Its ``.part`` keeps what it has; the download is worth trying again once
     there is space.
     """
+
+
+class Undecodable(DownloadError):
+    """The file arrived whole (length checked) but does not decode as a video: not a video,
+    a truncated ``moov``, no frames.  It never gets its final name; the task is still
+    there, so it is worth fetching again (the job fails if it is bad twice)."""
 
 
 def ledger_error(path: object, exc: BaseException) -> LedgerError:

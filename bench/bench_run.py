@@ -6,7 +6,9 @@ simulator`` in its own process (no rate limit, a tiny time scale, so the run is
 CPU-bound and overhead shows).  batchvid runs as a user runs it (a subprocess
 of the CLI) on a ledger that already has render-time history (a warm-up
 batch); the bare loop keeps no ledger and polls on the docs' fixed 10 s
-(scaled).  Wall and CPU time of each child; ratios of per-run pairs.
+(scaled).  batchvid runs with ``--no-probe``: the bare loop never opens a file,
+and what probing costs is figure 6 (``bench_media.py``).  Wall and CPU time of
+each child; ratios of per-run pairs.
 
     python bench/bench_run.py [--jobs 2000] [--runs 3] [--concurrency 16]
 """
@@ -74,7 +76,7 @@ def overhead(
         for run in range(runs):
             ledger = tmp / f"overhead-{scale}-{run}.db"
             warm = write_manifest(tmp / f"warm-{run}.yaml", f"warmup{run}", WARMUP_JOBS)
-            batchvid_run(sim, warm, ledger, time_scale=scale, concurrency=concurrency)
+            batchvid_run(sim, warm, ledger, time_scale=scale, concurrency=concurrency, probe=False)
             manifest = write_manifest(tmp / f"bench-{run}.yaml", f"bench{run}", jobs)
             jobs_json = tmp / f"jobs-{run}.json"
             result.jobs = write_jobs_json(manifest, jobs_json)
@@ -89,6 +91,7 @@ def overhead(
                         time_scale=scale,
                         concurrency=concurrency,
                         poll_interval=DOCS_POLL_S,
+                        probe=False,  # the bare loop opens no file; figure 6 prices probing
                     )
                 )
                 result.our_polls.append(polls_per_completed(sim.stats()))

@@ -248,6 +248,7 @@ def batchvid_run_args(
     concurrency: int = 16,
     max_active: int = 100_000,
     poll_interval: float = 10.0,
+    probe: bool = True,
 ) -> list[str]:
     return [
         PYTHON,
@@ -265,6 +266,7 @@ def batchvid_run_args(
         str(max_active),
         "--poll-interval",
         str(poll_interval),
+        *(() if probe else ("--no-probe",)),
     ]
 
 

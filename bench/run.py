@@ -15,7 +15,11 @@
    job and seen-after of a 1,000- vs a 10,000-job batch;
 4. scale: 100,000-job plan (time, peak RSS), resume decision on a 100,000-job
    ledger, ``status`` and ``report --format csv`` on it;
-5. recovery: restart to first request after ``kill -9`` with 10,000 tasks in flight.
+5. recovery: restart to first request after ``kill -9`` with 10,000 tasks in flight;
+6. media: CPU per 720p 5 s video for probe + poster (a still clip and one with
+   motion, beside decoding every frame of the first second), a 1,000-job run with
+   probing vs ``--no-probe``, and a 500-video gallery in headless Chromium: time
+   until every cell shows a picture, posters vs ``preload="metadata"``.
 
 Each contender is a child process (its CPU time is its own) and the simulator
 another; every comparison is a ratio within one run, summarised as the median
@@ -35,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import bench_media
 import bench_rate
 import bench_recovery
 import bench_run
@@ -51,6 +56,8 @@ class Sizes:
     long_jobs: tuple[int, int]
     scale_jobs: int
     recovery_jobs: int
+    media_jobs: int
+    gallery_videos: int
 
 
 FULL = Sizes(
@@ -60,6 +67,8 @@ FULL = Sizes(
     long_jobs=(1000, 10_000),
     scale_jobs=100_000,
     recovery_jobs=10_000,
+    media_jobs=1000,
+    gallery_videos=500,
 )
 QUICK = Sizes(
     overhead_jobs=300,
@@ -68,6 +77,8 @@ QUICK = Sizes(
     long_jobs=(300, 3000),
     scale_jobs=10_000,
     recovery_jobs=1_000,
+    media_jobs=300,
+    gallery_videos=500,
 )
 CONTEXT_SCALE = 0.01
 Progress = Callable[[str], None]
@@ -157,6 +168,56 @@ def turnaround_rows(tmp: Path, sizes: Sizes, progress: Progress) -> list[Row]:
     ]
 
 
+def media_rows(tmp: Path, sizes: Sizes, runs: int, progress: Progress) -> list[Row]:
+    """Figure 6: probing's cost per video and per run; what posters buy the gallery."""
+    progress(f"figure 6: media, {sizes.media_jobs} jobs, {runs} run(s)")
+    fig = bench_media.media(
+        tmp, jobs=sizes.media_jobs, gallery_videos=sizes.gallery_videos, runs=runs,
+        progress=progress,
+    )  # fmt: skip
+    ms = fig.cpu_ms
+    on = [w for w, _ in fig.probed]
+    off = [w for w, _ in fig.unprobed]
+    cpu_on, cpu_off = median([c for _, c in fig.probed]), median([c for _, c in fig.unprobed])
+    rows = [
+        Row(
+            "6 probe + poster, CPU per 720p 5 s video (simulator's still clip / with motion)",
+            f"{ms['still']:.1f} / {ms['motion']:.1f} ms",
+            f"every frame of the first second: {ms['still, every frame to 1 s']:.1f} / "
+            f"{ms['motion, every frame to 1 s']:.1f} ms",
+            "— (report)",
+            None,
+        ),
+        Row(
+            f"6 run of {fig.jobs} jobs (720p, scale {bench_media.SCALE}): wall, probed",
+            f"{spread(on)} s (CPU {cpu_on:.2f} s)",
+            f"--no-probe {spread(off)} s (CPU {cpu_off:.2f} s): {median(on) / median(off):.2f}×",
+            "— (report)",
+            None,
+        ),
+    ]
+    if fig.posters_shown or fig.metadata_shown:
+
+        def shown(seconds: float | None, n: int) -> str:
+            return (
+                f"{seconds:.2f} s"
+                if seconds is not None
+                else f"{n} of {fig.gallery_videos} in 60 s"
+            )
+
+        rows.append(
+            Row(
+                f"6 gallery of {fig.gallery_videos} videos in Chromium: every cell shows a picture",
+                f"posters {shown(fig.posters_s, fig.posters_shown)}",
+                f'preload="metadata" {shown(fig.metadata_s, fig.metadata_shown)}',
+                "posters faster",
+                fig.posters_s is not None
+                and (fig.metadata_s is None or fig.posters_s < fig.metadata_s),
+            )
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each")
@@ -168,10 +229,10 @@ def main() -> None:
         "--figures",
         type=int,
         nargs="+",
-        default=[1, 2, 3, 4, 5],
-        choices=[1, 2, 3, 4, 5],
+        default=[1, 2, 3, 4, 5, 6],
+        choices=[1, 2, 3, 4, 5, 6],
         metavar="N",
-        help="which figures (1-5)",
+        help="which figures (1-6)",
     )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -304,6 +365,8 @@ def main() -> None:
                     median(fig5.duplicate_creates) == 0,
                 ),
             ]
+        if 6 in args.figures:
+            rows += media_rows(tmp, sizes, long_runs, progress)
     elapsed = time.monotonic() - began
     progress(f"done in {elapsed:.0f} s")
     print(

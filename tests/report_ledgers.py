@@ -9,13 +9,16 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+from batchvid.catalogue import normalised_size
 from batchvid.ledger import Ledger
 from batchvid.ledger.rows import JobRow, NewJob
 from batchvid.manifest.plan import Plan, load_plan
+from batchvid.media import POSTER_WIDTH, inspect, poster_path, save_poster, synth
 from batchvid.run.batch import ledger_jobs
 from batchvid.states import JobState
+from batchvid.video import mismatch
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 MATRIX: Final = ROOT / "manifests" / "matrix.yaml"
@@ -89,10 +92,43 @@ def bytes_video(directory: Path) -> VideoMaker:
     return make
 
 
+def real_video(directory: Path) -> VideoMaker:
+    """Writes the H.264 video the API renders for the job (size and length as the docs
+    say, normalisations included), as the simulator serves it."""
+
+    def make(job: JobRow) -> Path:
+        path = directory / f"{job.idx:03d}-{job.key[:8]}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        width, height = normalised_size(job.model, job.size, job.resolution).split("x")
+        path.write_bytes(synth.make_video(int(width), int(height), job.seconds))
+        return path
+
+    return make
+
+
+def probed(job: JobRow, path: Path) -> dict[str, Any]:
+    """What a run records beside a downloaded video: its facts, how they differ from the
+    request, its poster."""
+    found = inspect(path, poster_width=POSTER_WIDTH)
+    assert found.poster is not None
+    return {
+        "facts": found.facts,
+        "normalised": mismatch(job.model, job.size, job.resolution, job.seconds, found.facts),
+        "poster": save_poster(found.poster, poster_path(path)),
+    }
+
+
 def drive(
-    ledger: Ledger, clock: Clock, job: JobRow, outcome: Outcome, make_video: VideoMaker
+    ledger: Ledger,
+    clock: Clock,
+    job: JobRow,
+    outcome: Outcome,
+    make_video: VideoMaker,
+    *,
+    probe: bool = False,
 ) -> None:
-    """Take a pending ``job`` to ``outcome.state`` the way a run would."""
+    """Take a pending ``job`` to ``outcome.state`` the way a run would (``probe``: and
+    probe its video, as ``run`` does, which needs a real one: :func:`real_video`)."""
     target = outcome.state
     if target == "pending":
         return
@@ -127,7 +163,8 @@ def drive(
     assert target == "downloaded", target
     path = make_video(job)
     data = path.read_bytes()
-    ledger.record_downloaded(job.id, path, len(data), hashlib.sha256(data).hexdigest())
+    facts = probed(job, path) if probe else {}
+    ledger.record_downloaded(job.id, path, len(data), hashlib.sha256(data).hexdigest(), **facts)
 
 
 def drive_all(
@@ -137,6 +174,8 @@ def drive_all(
     outcomes: Mapping[int, Outcome],
     make_video: VideoMaker,
     default: Outcome | None = DOWNLOADED,
+    *,
+    probe: bool = False,
 ) -> None:
     """Drive every job of ``batch``: ``outcomes[idx]``, else ``default`` (None: leave pending).
 
@@ -147,7 +186,7 @@ def drive_all(
         if outcome is None and default is not None:
             outcome = Outcome(default.state, render=30.0 + 5 * job.idx)
         if outcome is not None:
-            drive(ledger, clock, job, outcome, make_video)
+            drive(ledger, clock, job, outcome, make_video, probe=probe)
             clock.advance(2)
 
 

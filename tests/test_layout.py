@@ -14,16 +14,17 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "batchvid"
 
 #: The shared vocabulary, importable from anywhere.
-SHARED = {"errors", "catalogue", "states", "request", "text"}
+SHARED = {"errors", "catalogue", "states", "request", "text", "video"}
 #: What each part of batchvid may import, besides the shared vocabulary and itself.
 ALLOWED: dict[str, set[str]] = {
     "shared": set(),
     "manifest": set(),
     "ledger": set(),
     "remote": set(),
-    "sim": set(),
+    "media": set(),
+    "sim": {"media"},
     "report": {"ledger"},
-    "run": {"manifest", "ledger", "remote", "sim"},
+    "run": {"manifest", "ledger", "remote", "media", "sim"},
     "cli": {"manifest", "ledger", "remote", "run", "report", "sim"},
 }
 

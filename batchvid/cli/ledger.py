@@ -43,10 +43,12 @@ def status(batch: str | None, ledger: str | None, as_json: bool) -> None:
     Lists in-doubt, failed and stalled jobs with their reasons (the first
     20 of each; `batchvid report` lists every one), the automatic retries
     made and the policy that made them, and the extra takes kept (earlier
-    attempts that went on after a stall). Reading is safe while a run is
+    attempts that went on after a stall), and the videos the API rendered
+    at another size or length than asked (probed after download: flagged,
+    not failed, as the API normalises by design). Reading is safe while a run is
     going on. --json prints {"batch", "total", "states": {STATE: count},
-    "retries": {KIND: count}, "extra_takes": {STATE: count}} (a list when
-    BATCH is omitted).
+    "retries": {KIND: count}, "extra_takes": {STATE: count}, "normalised":
+    {HOW: count}} (a list when BATCH is omitted).
     """
     with open_ledger(ledger_path_of(ledger), create=False) as store:
         if as_json:
@@ -78,6 +80,10 @@ def _print_status(store: Ledger, batch: str) -> None:
     if data["extra_takes"]:
         kept = ", ".join(f"{state} {n}" for state, n in data["extra_takes"].items())
         click.echo(f"  extra takes (earlier attempts that went on after a stall): {kept}")
+    if data["normalised"]:
+        click.echo(f"  rendered otherwise than asked: {sum(data['normalised'].values())} videos")
+        for how, n in list(data["normalised"].items())[:STATUS_LISTED]:
+            click.echo(f"    {n} x {how}")
     for state in _LISTED_STATES:
         for job in store.jobs_in_states(batch, [state], limit=STATUS_LISTED):
             label = job.prompt_id or " ".join(job.prompt.split())[:40]

@@ -1,4 +1,4 @@
-"""``batchvid report``: a batch's results from the ledger, as text, CSV, JSON, Markdown or HTML.
+"""``batchvid report``: a batch from the ledger as text, CSV, JSON, Markdown, HTML or a sheet.
 
 The ledger is opened read-only, so a report can be taken while ``run`` is going.
 Library errors (no ledger, no such batch) become a message and exit code 2 here,
@@ -8,6 +8,7 @@ so the command behaves the same inside the ``batchvid`` group or on its own.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from .ledger import ledger_option, ledger_path_of
 __all__ = ["ReportUsageError", "report", "write_atomically"]
 
 HTML_NAME = "report.html"
+SHEET_NAME = "sheet.jpg"
+#: Every ``--format``: the text ones, and the contact sheet (an image).
+CHOICES = (*FORMATS, "sheet")
 
 
 class ReportUsageError(click.ClickException):
@@ -31,19 +35,28 @@ class ReportUsageError(click.ClickException):
     exit_code = Exit.USAGE
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` via a temporary file and a rename: never half a file."""
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Write ``content`` (text as UTF-8) to ``path`` via a temporary file and a rename:
+    never half a file under the final name."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        os.fchmod(fd, 0o666 & ~_umask())  # as an ordinary file, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _pick_batch(ledger: Ledger, batch: str | None) -> str:
@@ -75,18 +88,19 @@ def _read(ledger_path: Path, batch: str | None) -> ReportData:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMATS),
+    type=click.Choice(CHOICES),
     default="text",
     show_default=True,
     help="text for the terminal; csv or json, one row per job; md to paste; "
-    "html, a gallery of the videos.",
+    "html, a gallery of the videos; sheet, one picture of the batch (JPEG or PNG).",
 )
 @click.option(
     "-o",
     "--output",
     metavar="FILE",
     help="Write the report to FILE (atomically) instead of standard output; '-' is "
-    f"standard output. HTML defaults to {HTML_NAME} in the batch's video folder.",
+    f"standard output. HTML defaults to {HTML_NAME} and sheet to {SHEET_NAME} in the "
+    "batch's video folder; a sheet is PNG when FILE ends in .png.",
 )
 def report(batch: str | None, ledger: str | None, fmt: str, output: str | None) -> None:
     """Report on BATCH from the ledger: what came out, what failed and why, what it cost.
@@ -101,12 +115,19 @@ def report(batch: str | None, ledger: str | None, fmt: str, output: str | None) 
     json  an array with one object per job
     md    a summary table and failure list for an issue or a chat
     html  a self-contained gallery laid out on the manifest's matrix: each
-          cell plays the downloaded video (linked by relative path)
+          cell plays the downloaded video (linked by relative path), showing
+          its poster until played
+    sheet a contact sheet: every job's poster on the matrix, labelled with
+          its job number and state, failures outlined in red, videos the
+          API rendered at another size than asked marked in amber
 
     Exit 0 when the report is made; 2 when there is no ledger, no such batch,
     or the batch has no jobs.
     """
     data = _read(ledger_path_of(ledger), batch)
+    if fmt == "sheet":
+        _write_sheet(data, output)
+        return
     if output is None and fmt == "html":
         output = str(Path(data.batch.output_dir) / HTML_NAME)
     if output is None or output == "-":
@@ -118,3 +139,25 @@ def report(batch: str | None, ledger: str | None, fmt: str, output: str | None) 
     except OSError as exc:
         raise ReportUsageError(f"cannot write {path}: {exc}") from exc
     click.echo(f"wrote {path} ({data.total} jobs, {fmt})", err=True)
+
+
+def _write_sheet(data: ReportData, output: str | None) -> None:
+    """Draw the contact sheet and write it to ``output`` (``-``: standard output, as JPEG)."""
+    from ..report.sheet import encode_sheet, render_sheet, sheet_format  # Pillow: only here
+
+    if output == "-":
+        if sys.stdout.isatty():
+            raise ReportUsageError("a contact sheet is an image: give -o sheet.jpg, or pipe it")
+        sys.stdout.buffer.write(encode_sheet(render_sheet(data), "JPEG"))
+        sys.stdout.flush()
+        return
+    path = Path(output) if output is not None else Path(data.batch.output_dir) / SHEET_NAME
+    try:
+        fmt = sheet_format(path)
+    except ValueError as exc:
+        raise ReportUsageError(str(exc)) from exc
+    try:
+        write_atomically(path, encode_sheet(render_sheet(data), fmt))
+    except OSError as exc:
+        raise ReportUsageError(f"cannot write {path}: {exc}") from exc
+    click.echo(f"wrote {path} ({data.total} jobs, contact sheet)", err=True)

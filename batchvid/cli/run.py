@@ -95,6 +95,12 @@ def exit_code_of(report: RunReport) -> int:
     "--no-download", is_flag=True, help="Stop at 'completed': do not download the videos."
 )
 @click.option(
+    "--no-probe",
+    is_flag=True,
+    help="Do not open downloaded videos: no check that they decode, no size comparison, "
+    "no posters (saves about 15 ms of CPU a 720p video).",
+)
+@click.option(
     "--retry",
     "retry_flags",
     multiple=True,
@@ -122,6 +128,7 @@ def run(
     max_active: int | None,
     poll_interval: float | None,
     no_download: bool,
+    no_probe: bool,
     retry_flags: dict[str, int],
     time_scale: float | None,
 ) -> None:
@@ -157,7 +164,6 @@ def run(
     stopped the run; 2 invalid manifest, usage, or a damaged ledger;
     3 the API refused the key; 130 interrupted (the ledger is consistent).
 
-    \b
     The API key comes from COMETAPI_KEY and is sent only to the API host.
     """
     ledger_path = ledger_path_of(ledger)
@@ -174,7 +180,9 @@ def run(
         if rate_per_minute == 0:
             options = replace(options, rate_per_minute=None)
         retry = replace(retry, **retry_flags)
-        options = replace(options, download=not no_download, budget_usd=budget, retry=retry)
+        options = replace(
+            options, download=not no_download, budget_usd=budget, retry=retry, probe=not no_probe
+        )
         return options if time_scale is None else replace(options, time_scale=time_scale)
 
     try:
@@ -392,6 +400,11 @@ def _print_summary(report: RunReport, ledger_path: Path, manifest: str) -> None:
     downloaded = report.counts.get("downloaded", 0)
     if downloaded:
         click.echo(f"videos: {report.output_dir} ({_count(downloaded, 'file')})")
+    if report.normalised:
+        ways = "; ".join(f"{n} x {how}" for how, n in list(report.normalised.items())[:3])
+        more = " ..." if len(report.normalised) > 3 else ""
+        n = sum(report.normalised.values())
+        click.echo(f"rendered otherwise than asked: {_count(n, 'video')}: {ways}{more}")
     for failure in report.failures[-8:]:
         click.echo(f"  ! {failure}")
     by_state = {JobState(s): n for s, n in report.counts.items()}

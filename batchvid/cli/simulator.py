@@ -48,7 +48,8 @@ def _knob(name: str, type_: Any = None) -> Callable[[_F], _F]:
         "Admin routes (no key needed, never counted): GET /_sim/stats, "
         "GET|POST /_sim/config (JSON knobs), POST /_sim/inject "
         '(e.g. {"server_error": 2, "truncate": 1, "drop_after_create": 1, '
-        '"cdn_error": 1, "expire": 1, "ignore_range": 1, "content_redirect": 1}), '
+        '"cdn_error": 1, "expire": 1, "ignore_range": 1, "content_redirect": 1, '
+        '"corrupt": 1}), '
         "POST /_sim/reset."
     ),
 )
@@ -72,6 +73,7 @@ def _knob(name: str, type_: Any = None) -> Callable[[_F], _F]:
 @_knob("hang_rate", _SHARE)
 @_knob("hang_factor", click.FloatRange(min=1.0))
 @_knob("vanish_rate", _SHARE)
+@_knob("corrupt_rate", _SHARE)
 @_knob("rate_limit", click.IntRange(min=0))
 @_knob("rate_window", click.FloatRange(min=0.0, min_open=True))
 @_knob("retry_after", _SECONDS)

@@ -30,7 +30,8 @@ NEW_ATTEMPT: Final = """task_id = NULL, remote_status = NULL, progress = NULL, p
     download_errors = 0, submitted_utc = NULL, queued_utc = NULL, started_utc = NULL,
     completed_utc = NULL, finished_utc = NULL, sent_at = NULL, answered_at = NULL,
     last_running_at = NULL, server_created_at = NULL, server_completed_at = NULL,
-    render_lo_s = NULL, render_hi_s = NULL, render_s = NULL, next_download_at = NULL"""
+    render_lo_s = NULL, render_hi_s = NULL, render_s = NULL, next_download_at = NULL,
+    bad_downloads = 0"""
 #: The columns an earlier attempt split off a job keeps as they were (see ``_split_off``).
 _KEPT: Final = tuple(
     c

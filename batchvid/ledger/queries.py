@@ -245,8 +245,9 @@ class LedgerQueries(LedgerCore):
     def status(self, batch: str) -> dict[str, Any]:
         """DESIGN's ``status --json`` object: ``{"batch", "total", "states": {...}}``.
 
-        Plus ``retries`` (automatic new attempts made, per kind of outcome) and
-        ``extra_takes`` (earlier attempts kept beside their jobs, per state).
+        Plus ``retries`` (automatic new attempts made, per kind of outcome),
+        ``extra_takes`` (earlier attempts kept beside their jobs, per state) and
+        ``normalised`` (videos rendered otherwise than asked: how, and how many).
         """
         if self.get_batch(batch) is None:
             raise LedgerError(f"no batch named {batch!r} in {self.path}")
@@ -258,7 +259,14 @@ class LedgerQueries(LedgerCore):
             "states": {s.value: n for s, n in counts.items()},
             "retries": {kind: n for kind, (n, _) in self.retries_made(batch).items()},
             "extra_takes": {s.value: n for s, n in extras.items() if n},
+            "normalised": self.normalised(batch),
         }
+
+    def normalised(self, batch: str) -> dict[str, int]:
+        """Downloaded videos the API rendered otherwise than asked, per way, most first."""
+        sql = """SELECT normalised, count(*) AS n FROM jobs WHERE batch = ? AND normalised
+            IS NOT NULL AND state = 'downloaded' GROUP BY normalised ORDER BY n DESC, normalised"""
+        return {how: int(n) for how, n in self._rows(sql, (batch,), tuples=True)}
 
     def statuses(self) -> list[dict[str, Any]]:
         """``status`` of every batch, by name."""

@@ -20,6 +20,7 @@ from typing import Any, Final, NamedTuple
 from ..catalogue import DEFAULT_RESOLUTION, DEFAULT_SECONDS, DEFAULT_SIZE
 from ..request import VideoRequest
 from ..states import JobState
+from ..video import VideoFacts
 
 __all__ = [
     "EXTRA_KEY_MARK",
@@ -184,6 +185,31 @@ class JobRow(NamedTuple):
     retries_json: str
     retry_at: float | None
     extra_of: int | None
+    width: int | None
+    height: int | None
+    duration_s: float | None
+    fps: float | None
+    vcodec: str | None
+    has_audio: int | None
+    #: How the rendered video differs from the request (``asked 1920x1080, rendered
+    #: 1280x720 (normalised by the API)``), or ``None``: as asked, or not probed.
+    normalised: str | None
+    poster_path: str | None
+    bad_downloads: int
+
+    @property
+    def facts(self) -> VideoFacts | None:
+        """What probing the downloaded file found (``None``: not probed)."""
+        if self.width is None or self.height is None:
+            return None
+        return VideoFacts(
+            self.width,
+            self.height,
+            self.duration_s,
+            self.fps,
+            self.vcodec or "",
+            bool(self.has_audio),
+        )
 
     @property
     def source_key(self) -> str | None:

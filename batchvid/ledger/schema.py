@@ -234,6 +234,32 @@ def m006_retries(db: sqlite_utils.Database) -> None:
 _migration(m006_retries)
 
 
+def m007_video_facts(db: sqlite_utils.Database) -> None:
+    """What each downloaded video holds (probed), its poster, and bad files fetched.
+
+    ``width``/``height``/``duration_s``/``fps``/``vcodec``/``has_audio`` are
+    what probing the file found (``NULL``: not probed); ``normalised`` how the
+    video differs from what was asked (``NULL``: as asked, or not probed);
+    ``poster_path`` its poster; ``bad_downloads`` how many files arrived whole
+    but did not decode.
+    """
+    for column, kind in (
+        ("width", "INTEGER"),
+        ("height", "INTEGER"),
+        ("duration_s", "REAL"),
+        ("fps", "REAL"),
+        ("vcodec", "TEXT"),
+        ("has_audio", "INTEGER"),
+        ("normalised", "TEXT"),
+        ("poster_path", "TEXT"),
+    ):
+        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+    db.execute("ALTER TABLE jobs ADD COLUMN bad_downloads INTEGER NOT NULL DEFAULT 0")
+
+
+_migration(m007_video_facts)
+
+
 def _connect(path: Path, target: str | Path, *, uri: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (every write an explicit transaction), rows by name."""
     try:

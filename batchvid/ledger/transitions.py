@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import IllegalTransition, LedgerError
 from ..states import POLLING_STATES, JobState, poll_state
+from ..video import VideoFacts
 from .core import LedgerCore
 from .rows import RenderSample, utc_iso
 
@@ -252,12 +253,32 @@ class RunTransitions(LedgerCore):
         )
 
     def record_downloaded(
-        self, job_id: int, file_path: str | Path, bytes: int, sha256: str, *, refreshes: int = 0
+        self,
+        job_id: int,
+        file_path: str | Path,
+        bytes: int,
+        sha256: str,
+        *,
+        refreshes: int = 0,
+        facts: VideoFacts | None = None,
+        normalised: str | None = None,
+        poster: str | Path | None = None,
     ) -> None:
         """completed -> downloaded: the file is in place under its final name.
 
-        ``refreshes``: how often the task was queried for a fresh URL on the way.
+        ``refreshes``: how often the task was queried for a fresh URL on the way;
+        ``facts``: what probing the file found, ``normalised`` how that differs
+        from the request (:func:`batchvid.video.mismatch`), ``poster``: its poster.
         """
+        values = {
+            "file_path": str(file_path),
+            "bytes": bytes,
+            "sha256": sha256,
+            "refreshes": refreshes,
+            "poster": None if poster is None else str(poster),
+            "normalised": normalised,
+            **_facts_columns(facts),
+        }
         self._move(
             job_id,
             "mark downloaded",
@@ -265,25 +286,46 @@ class RunTransitions(LedgerCore):
             S.DOWNLOADED,
             """file_path = :file_path, bytes = :bytes, sha256 = :sha256, error_code = NULL,
                error_message = NULL, downloaded_utc = :now, finished_utc = :now,
-               polls = polls + :refreshes""",
-            {"file_path": str(file_path), "bytes": bytes, "sha256": sha256, "refreshes": refreshes},
+               polls = polls + :refreshes, width = :width, height = :height,
+               duration_s = :duration_s, fps = :fps, vcodec = :vcodec,
+               has_audio = :has_audio, normalised = :normalised, poster_path = :poster""",
+            values,
             {"file_path": str(file_path), "bytes": bytes, "sha256": sha256},
         )
 
     def record_download_error(
-        self, job_id: int, message: str, retry_at: float | None = None
+        self, job_id: int, message: str, retry_at: float | None = None, *, bad_file: bool = False
     ) -> None:
         """A download try failed: the job stays completed; the last error is kept.
 
         ``retry_at``: when the next try may start (:data:`~batchvid.ledger.schema.NEVER`:
-        not in this run).
+        not in this run).  ``bad_file``: the file arrived whole but did not decode
+        (counted in ``bad_downloads``).
         """
         self._move(
             job_id,
             "record a download error for",
             sources={S.COMPLETED},
             target=S.COMPLETED,
-            sets="""download_errors = download_errors + 1, error_code = 'download',
-               error_message = :message, next_download_at = :retry_at""",
-            params={"message": message, "retry_at": retry_at},
+            sets="""download_errors = download_errors + 1, error_code = :code,
+               error_message = :message, next_download_at = :retry_at,
+               bad_downloads = bad_downloads + :bad""",
+            params={
+                "message": message,
+                "retry_at": retry_at,
+                "bad": int(bad_file),
+                "code": "undecodable" if bad_file else "download",
+            },
         )
+
+
+def _facts_columns(facts: VideoFacts | None) -> dict[str, object]:
+    """The ``jobs`` columns a probe fills (all ``NULL`` without one)."""
+    return {
+        "width": facts.width if facts else None,
+        "height": facts.height if facts else None,
+        "duration_s": facts.duration_s if facts else None,
+        "fps": facts.fps if facts else None,
+        "vcodec": facts.codec if facts else None,
+        "has_audio": None if facts is None else int(facts.has_audio),
+    }

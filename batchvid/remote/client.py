@@ -262,12 +262,17 @@ class CometClient:
             ) from exc
 
     async def download(
-        self, source: Task | str, dest: Path | str, *, attempts: int | None = None
+        self,
+        source: Task | str,
+        dest: Path | str,
+        *,
+        attempts: int | None = None,
+        check: Callable[[Path], object] | None = None,
     ) -> DownloadResult:
         """Fetch a finished video into ``dest`` (see :func:`.download.fetch_video`)."""
         from .download import fetch_video  # the download path imports this module
 
-        return await fetch_video(self, source, Path(dest), attempts=attempts)
+        return await fetch_video(self, source, Path(dest), attempts=attempts, check=check)
 
     def resolve_url(self, url: str | None) -> str | None:
         """An absolute http(s) download URL, or ``None`` (see :func:`.urls.resolve_url`)."""

@@ -48,17 +48,20 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 import anyio.to_thread
 import httpx
 
-from ..errors import DiskFull, DownloadError, RetryableError, UrlExpired
+from ..errors import DiskFull, DownloadError, RetryableError, Undecodable, UrlExpired
 from .protocol import RetryPolicy, Task, TaskStatus, backoff_hint, parse_retry_after
 
 if TYPE_CHECKING:
     from .client import CometClient
 
 __all__ = [
+    "CHECK_TIMEOUT_S",
+    "Check",
     "DownloadResult",
     "Opener",
     "TransferInterrupted",
     "WritePlan",
+    "checked",
     "download_problem",
     "error_document",
     "fetch_once",
@@ -73,6 +76,11 @@ log = logging.getLogger(__name__)
 
 #: Opens one GET (with the extra headers given, e.g. ``Range``) as a streaming response.
 Opener = Callable[[Mapping[str, str]], AbstractAsyncContextManager[httpx.Response]]
+#: Looks at a complete file before it is committed (blocking; run in a worker thread):
+#: returns what it found, or raises :class:`~batchvid.errors.Undecodable`.
+Check = Callable[[Path], object]
+#: How long a check may take before the file counts as bad.
+CHECK_TIMEOUT_S: Final = 60.0
 
 # Error bodies are read only this far: enough for a message, never a video.
 _ERROR_BODY_LIMIT: Final = 4096
@@ -107,6 +115,8 @@ class DownloadResult:
     fresh_url: str | None = None
     #: Fetched from ``/v1/videos/{id}/content`` (the signed URL could not be used).
     via_content: bool = False
+    #: What the caller's ``check`` of the file returned (``None``: nothing checked).
+    checked: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,19 +266,23 @@ def error_document(headers: httpx.Headers) -> str | None:
     return match.group(1).lower() if match else None
 
 
-async def fetch_once(open_: Opener, dest: Path, identity: str | None = None) -> DownloadResult:
+async def fetch_once(
+    open_: Opener, dest: Path, identity: str | None = None, check: Check | None = None
+) -> DownloadResult:
     """One download attempt into ``dest`` via ``dest.part``; see the module docs.
 
     ``identity`` names the source (``task:<id>``): a ``.part`` left by another
-    one is discarded.  Raises :class:`UrlExpired`, :class:`TransferInterrupted`
-    (``.part`` kept for a resume) or :class:`DownloadError`.
+    one is discarded.  ``check`` looks at the complete ``.part`` before it gets
+    its final name (see :func:`checked`).  Raises :class:`UrlExpired`,
+    :class:`TransferInterrupted` (``.part`` kept for a resume),
+    :class:`~batchvid.errors.Undecodable` or :class:`DownloadError`.
     """
     part = part_path(dest)
     offset, headers = await anyio.to_thread.run_sync(_resume_point, dest, identity)
     try:
         async with open_(headers) as response:
             if response.status_code == 416 and offset:
-                return await _finish_unsatisfiable(response, part, dest, offset)
+                return await _finish_unsatisfiable(response, part, dest, offset, check)
             if response.status_code not in (200, 206) or error_document(response.headers):
                 body = await read_limited(response)
                 raise download_problem(response.status_code, body, response.headers)
@@ -300,8 +314,32 @@ async def fetch_once(open_: Opener, dest: Path, identity: str | None = None) -> 
     if size == 0:
         _discard(dest)
         raise TransferInterrupted("the server answered an empty body, not a video")
+    found = await checked(check, part, dest)
     final, digest = await anyio.to_thread.run_sync(_commit, part, dest)
-    return DownloadResult(path=final, size=size, sha256=digest, resumed_from=plan.start)
+    return DownloadResult(
+        path=final, size=size, sha256=digest, resumed_from=plan.start, checked=found
+    )
+
+
+async def checked(check: Check | None, part: Path, dest: Path) -> object:
+    """Run ``check`` on a complete ``.part`` before it is committed; what it returned.
+
+    It runs in a worker thread, for at most :data:`CHECK_TIMEOUT_S` (a file that
+    takes longer is as bad as one that fails).  A file that fails is discarded,
+    so the next try fetches it whole, and :class:`~batchvid.errors.Undecodable`
+    is raised: nothing that fails the check ever gets the final name.
+    """
+    if check is None:
+        return None
+    try:
+        with anyio.fail_after(CHECK_TIMEOUT_S):
+            return await anyio.to_thread.run_sync(check, part, abandon_on_cancel=True)
+    except TimeoutError:
+        error = Undecodable(f"checking the file took over {CHECK_TIMEOUT_S:g} s")
+    except Undecodable as exc:
+        error = exc
+    _discard(dest)
+    raise error
 
 
 async def read_limited(response: httpx.Response) -> bytes:
@@ -319,14 +357,17 @@ async def read_limited(response: httpx.Response) -> bytes:
 
 
 async def _finish_unsatisfiable(
-    response: httpx.Response, part: Path, dest: Path, offset: int
+    response: httpx.Response, part: Path, dest: Path, offset: int, check: Check | None
 ) -> DownloadResult:
     """416 to our Range: the ``.part`` may already be complete, or be junk."""
     parsed = parse_content_range(response.headers.get("content-range"))
     total = parsed[2] if parsed else _unsatisfied_total(response.headers.get("content-range"))
     if total is not None and total == offset:
+        found = await checked(check, part, dest)
         final, digest = await anyio.to_thread.run_sync(_commit, part, dest)
-        return DownloadResult(path=final, size=offset, sha256=digest, resumed_from=offset)
+        return DownloadResult(
+            path=final, size=offset, sha256=digest, resumed_from=offset, checked=found
+        )
     _discard(dest)
     raise TransferInterrupted("the partial file does not match the server's; starting over")
 
@@ -418,7 +459,12 @@ def _fsync_dir(directory: Path) -> None:
 
 
 async def fetch_video(
-    client: CometClient, source: Task | str, dest: Path, *, attempts: int | None = None
+    client: CometClient,
+    source: Task | str,
+    dest: Path,
+    *,
+    attempts: int | None = None,
+    check: Check | None = None,
 ) -> DownloadResult:
     """Fetch a finished video into ``dest``, verified, under its final name only when whole.
 
@@ -429,7 +475,10 @@ async def fetch_video(
     expired, it is replaced by querying the task again (``client.max_refreshes``
     times); still refused, or a CDN that keeps failing, and a task's video is
     fetched from ``/content`` instead (with the key, which goes to the API
-    host only).  Raises :class:`DownloadError` (with ``fresh_url`` when a
+    host only).  ``check`` looks at each complete file before it is committed
+    (see :func:`checked`); a file it refuses ends the try with
+    :class:`~batchvid.errors.Undecodable` (the caller decides whether to fetch it
+    again).  Raises :class:`DownloadError` (with ``fresh_url`` when a
     refresh gave one), :class:`DiskFull`, or the :class:`~batchvid.errors.ApiError`
     of a failed ``/content`` or refresh request (``TaskNotFound``: the task is gone).
     """
@@ -443,10 +492,10 @@ async def fetch_video(
     while True:
         opener = client.cdn_opener(url) if url else client.content_opener(task_id or "")
         try:
-            result = await _fetch_resuming(client, opener, dest, attempts, identity)
+            result = await _fetch_resuming(client, opener, dest, attempts, identity, check)
         except DownloadError as exc:
             exc.fresh_url = exc.fresh_url or fresh
-            if url is None or task_id is None or isinstance(exc, DiskFull):
+            if url is None or task_id is None or isinstance(exc, DiskFull | Undecodable):
                 raise  # /content failed too, or nothing else to try
             if isinstance(exc, UrlExpired) and refreshed < client.max_refreshes:
                 refreshed += 1
@@ -471,13 +520,18 @@ async def _fresh_url(client: CometClient, task_id: str, exc: DownloadError) -> s
 
 
 async def _fetch_resuming(
-    client: CometClient, opener: Opener, dest: Path, attempts: int | None, identity: str
+    client: CometClient,
+    opener: Opener,
+    dest: Path,
+    attempts: int | None,
+    identity: str,
+    check: Check | None,
 ) -> DownloadResult:
     tries = 0
     async for attempt in client.retrying(_transfer_hint, attempts):
         with attempt:
             tries += 1
-            result = await fetch_once(opener, dest, identity)
+            result = await fetch_once(opener, dest, identity, check)
             return dataclasses.replace(result, attempts=tries)
     raise AssertionError("unreachable: stamina re-raises the last error")
 

@@ -20,6 +20,9 @@ Figures, and how they are counted:
 - *cost*: ``est_cost_usd * billable_attempts`` (see :mod:`batchvid.ledger`):
   every attempt that may have been billed, failed and in-doubt ones included.
   Only shown when the batch has ``pricing``.
+- *normalised*: a downloaded video whose probed size or length differs from
+  what was asked (:attr:`JobRow.normalised <batchvid.ledger.rows.JobRow.normalised>`):
+  flagged, never failed, since the API normalises by design.
 - *jobs* are the manifest's; an *extra take* is an earlier attempt of a job,
   split off when the retry policy gave the job a new attempt after a stall,
   whose task went on (its cost stays counted on the job).  CSV and JSON have a
@@ -115,6 +118,14 @@ CSV_COLUMNS: Final = (
     "download_errors",
     "auto_retries",
     "extra_take_of",
+    "width",
+    "height",
+    "duration_s",
+    "fps",
+    "vcodec",
+    "has_audio",
+    "normalised",
+    "poster_path",
 )
 
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -166,6 +177,10 @@ def job_values(job: JobRow, render: float | None) -> tuple[Any, ...]:
         job.download_errors,
         job.retries,
         job.source_key,
+        *(job.width, job.height, job.duration_s, job.fps, job.vcodec),
+        None if job.has_audio is None else bool(job.has_audio),
+        job.normalised,
+        job.poster_path,
     )
 
 
@@ -233,6 +248,8 @@ class ReportData:
     """The automatic new attempts made, per kind of outcome."""
     retry_cost_usd: float | None
     """What those new attempts are estimated to cost (``None``: the batch has no pricing)."""
+    normalised: tuple[tuple[JobRow, str], ...]
+    """Downloaded videos that differ from what was asked (as probed), with how."""
     generated_utc: str
     counts: dict[JobState, int]
     models: tuple[ModelSummary, ...]
@@ -308,6 +325,7 @@ def build_report(batch: BatchRow, jobs: Iterable[JobRow], *, now: float) -> Repo
         extras=extras,
         retries=dict(sorted(retries.items())),
         retry_cost_usd=retry_cost if batch.pricing else None,
+        normalised=tuple((j, how) for j in every if (how := j.normalised) is not None),
         generated_utc=utc_iso(now),
         counts={s: counts.get(s, 0) for s in JobState},
         models=tuple(_model_summary(m, by_model[m], times) for m in sorted(by_model)),

@@ -166,6 +166,12 @@ def render_text(data: ReportData, *, width: int = 100) -> str:
     cost = _cost_line(data)
     if cost:
         out.append(cost)
+    if data.normalised:
+        out += ["", f"normalised by the API: {len(data.normalised)} videos differ from the request"]
+        for job, how in data.normalised[:FAILURE_GROUPS_SHOWN]:
+            out.append(f"  {job_label(job)}: {how}")
+        if len(data.normalised) > FAILURE_GROUPS_SHOWN:
+            out.append(f"  … {len(data.normalised) - FAILURE_GROUPS_SHOWN} more (--format csv)")
     retried = retry_summary(data)
     if retried:
         out.append(f"retries: {retried}")
@@ -216,6 +222,8 @@ def render_csv(data: ReportData) -> str:
         values = list(job_values(job, data.render_time(job)))
         values[refs] = ";".join(values[refs])
         values[retries] = ";".join(f"{k}={n}" for k, n in values[retries].items())
+        audio = CSV_COLUMNS.index("has_audio")
+        values[audio] = "" if values[audio] is None else str(values[audio]).lower()
         if extra:
             axes = dict(job.axes)
             values += [axes.get(name, "") for name in extra]
@@ -279,6 +287,12 @@ def render_markdown(data: ReportData) -> str:
     retried = retry_summary(data)
     if retried:
         out.append(f"Retries: {md(retried)}.")
+    if data.normalised:
+        out += ["", "### Normalised by the API", ""]
+        out.extend(
+            f"- {md(job_label(job))}: {md(how)}"
+            for job, how in data.normalised[:FAILURE_GROUPS_SHOWN]
+        )
     if data.failures:
         out += ["", "### Failures", ""]
         for g in data.failures[:FAILURE_GROUPS_SHOWN]:

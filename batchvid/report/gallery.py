@@ -194,6 +194,7 @@ table { border-collapse: collapse; }
 .s-failed .badge, .badge.s-failed, .s-rejected .badge, .badge.s-rejected { background: #b3261e; }
 .s-in_doubt .badge, .badge.s-in_doubt, .s-stalled .badge, .badge.s-stalled { background: #a15c00; }
 .reason { color: #b3261e; }
+.flag { display: block; color: #a15c00; white-space: normal; max-width: 14rem; }
 .filter { position: absolute; opacity: 0; pointer-events: none; }
 nav.states { margin: .6rem 0; display: flex; flex-wrap: wrap; gap: .3rem; }
 nav.states label { border: 1px solid #8888; border-radius: 1rem; padding: .1rem .7rem;
@@ -204,7 +205,7 @@ code { font-size: 12px; }
 
 _CSP: Final = (
     "default-src 'none'; style-src 'unsafe-inline'; media-src 'self' file: blob:; "
-    "img-src 'self' data:; form-action 'none'; base-uri 'none'"
+    "img-src 'self' file: data:; form-action 'none'; base-uri 'none'"
 )
 
 
@@ -325,8 +326,13 @@ def _figure(job: JobRow, took: float | None, html_dir: str, base: Path, preload:
     if job.state is S.DOWNLOADED and job.file_path:
         src, exists = _video_src(job.file_path, html_dir, base)
         if exists:
+            poster, load = "", preload
+            if job.poster_path:
+                image, found = _video_src(job.poster_path, html_dir, base)
+                if found:  # a picture at once; the video loads when played
+                    poster, load = f' poster="{_e(image)}"', "none"
             media = (
-                f'<video src="{_e(src)}" controls preload="{preload}" muted playsinline'
+                f'<video src="{_e(src)}"{poster} controls preload="{load}" muted playsinline'
                 f' style="aspect-ratio:{aspect}"></video>'
             )
         else:
@@ -340,11 +346,13 @@ def _figure(job: JobRow, took: float | None, html_dir: str, base: Path, preload:
             reason = f"{job.error_code}: {reason}"
         text = f'<span class="reason">{_e(reason)}</span>' if reason else _e(state)
         media = f'<div class="ph" style="aspect-ratio:{aspect}">{text}</div>'
+    normalised = job.normalised
+    flag = f'<span class="flag">{_e(normalised)}</span>' if normalised else ""
     title = f"#{job.idx} {job.prompt}"
     return (
         f'<figure class="job s-{state}" id="job-{job.id}" title="{_e(title)}">{media}'
         f'<figcaption><span class="badge">{_e(state.replace("_", " "))}</span>'
-        f'<span class="meta">{_e(" · ".join(bits))}</span></figcaption></figure>'
+        f'<span class="meta">{_e(" · ".join(bits))}</span>{flag}</figcaption></figure>'
     )
 
 

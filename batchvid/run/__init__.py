@@ -9,7 +9,8 @@ the task ids a ledger could not take (``recovery``), and putting plan,
 ledger, client and limiter together (``batch``).
 
 May import: the shared vocabulary, ``batchvid.manifest`` (plans, limits),
-``batchvid.ledger``, ``batchvid.remote``, and ``batchvid.sim`` (only for
+``batchvid.ledger``, ``batchvid.remote``, ``batchvid.media`` (probing each
+download, its poster), and ``batchvid.sim`` (only for
 ``--simulate``, imported when used).  Never the CLI: nothing here prints or exits.
 """
 

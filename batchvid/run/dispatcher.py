@@ -91,7 +91,7 @@ class Runner:
         self.output_dir = output_dir
         self.options = options
         self._clock = clock
-        self._workers = Workers(client)
+        self._workers = Workers(client, probe=options.probe)
         renders = RenderBook(
             options.poll_policy(), history=lambda combo: ledger.render_samples(*combo)
         )
@@ -178,6 +178,7 @@ class Runner:
             halted=self._tally.halt,
             retries=self.ledger.retries_made(self.batch),
             extras={str(s): n for s, n in self.ledger.counts(self.batch, extras=True).items() if n},
+            normalised=self.ledger.normalised(self.batch),
         )
 
     # -- the loop ----------------------------------------------------------------

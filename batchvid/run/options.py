@@ -41,6 +41,8 @@ class RunOptions:
     budget_usd: float | None = None
     #: Automatic new attempts per kind of outcome (the manifest's ``retry:``).
     retry: Retries = field(default_factory=Retries)
+    #: Probe every downloaded file (it must decode; its size is compared) and make posters.
+    probe: bool = True
 
     def scaled(self, seconds: float) -> float:
         return seconds * self.time_scale
@@ -99,6 +101,8 @@ class RunReport:
     retries: dict[str, tuple[int, float]] = field(default_factory=dict)
     #: Earlier attempts kept beside their jobs (stalled, then retried), per state.
     extras: dict[str, int] = field(default_factory=dict)
+    #: Downloaded videos the API rendered otherwise than asked, per way (see ``status``).
+    normalised: dict[str, int] = field(default_factory=dict)
 
     @property
     def all_done(self) -> bool:

@@ -13,6 +13,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from ..errors import ApiError, AuthError, LedgerError, RetryableError, ServiceRefused
 from ..ledger.rows import AutoRetry, JobRow
@@ -21,6 +22,7 @@ from ..ledger.store import Ledger
 from ..remote.protocol import Task, TaskStatus, failure_reason
 from ..remote.urls import url_expiry
 from ..text import clip, span
+from ..video import mismatch
 from .options import RunOptions
 from .policy import (
     DISK_FULL_PATIENCE_S,
@@ -36,7 +38,10 @@ from .recovery import keep_unrecorded
 from .render_times import observe
 from .workers import DownloadOutcome, Intent, PollOutcome, SubmitOutcome
 
-__all__ = ["Faults", "Recorder", "Tally", "combo_of"]
+__all__ = ["BAD_FILES", "Faults", "Recorder", "Tally", "combo_of"]
+
+#: Files of one job that may arrive whole but not decode before the job fails.
+BAD_FILES: Final = 2
 
 
 def combo_of(job: JobRow) -> Combo:
@@ -375,23 +380,42 @@ class Recorder:
     # -- downloads ----------------------------------------------------------
 
     def downloaded(self, job: JobRow, outcome: DownloadOutcome) -> None:
-        """Record a download try: the file, a vanished task, or a failure to try again."""
+        """Record a download try: the file, a vanished task, or a failure to try again.
+
+        A file that arrived whole but does not decode is fetched once more; bad
+        twice, the job fails with the reason (the task is never re-created for it).
+        """
         if outcome.kind == "disk_full":
             self.faults.disk_full(self.tally, self.clock(), outcome.reason)
         elif outcome.kind == "fetched" and outcome.result is not None:
             result = outcome.result
             self.faults.disk.clear()
             self.ledger.record_downloaded(
-                job.id, str(result.path), result.size, result.sha256, refreshes=result.refreshes
+                job.id,
+                str(result.path),
+                result.size,
+                result.sha256,
+                refreshes=result.refreshes,
+                facts=outcome.facts,
+                normalised=None
+                if outcome.facts is None
+                else mismatch(job.model, job.size, job.resolution, job.seconds, outcome.facts),
+                poster=outcome.poster,
             )
             self.tally.finished += 1
         elif outcome.kind == "vanished":
             self._ended(job, "vanished", "task_not_exist", outcome.reason, keep=True)
+        elif outcome.kind == "undecodable" and job.bad_downloads + 1 >= BAD_FILES:
+            self.ledger.record_failed(job.id, "undecodable", outcome.reason)
+            self.tally.note(job, f"the video does not decode, fetched {BAD_FILES} times")
         else:
             if outcome.fresh_url is not None:
                 self.ledger.refresh_url(job.id, outcome.fresh_url, url_expiry(outcome.fresh_url))
             retry_at = self.downloads.failed(job.id, self.clock(), self.rng.random())
-            self.ledger.record_download_error(job.id, outcome.reason, retry_at or NEVER)
+            bad = outcome.kind == "undecodable"
+            self.ledger.record_download_error(
+                job.id, outcome.reason, retry_at or NEVER, bad_file=bad
+            )
             if retry_at is None:
                 tries = self.downloads.tries[job.id]
                 self.tally.note(job, f"download failed {tries} times: {outcome.reason}")

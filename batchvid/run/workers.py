@@ -13,10 +13,13 @@ One outcome type per kind of work (:class:`SubmitOutcome`,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import anyio.to_thread
 
 from ..errors import (
     ApiError,
@@ -28,13 +31,18 @@ from ..errors import (
     RetryableError,
     ServiceRefused,
     TaskNotFound,
+    Undecodable,
 )
 from ..ledger.rows import JobRow
+from ..media import POSTER_WIDTH, Inspection, inspect, poster_path, save_poster
 from ..remote.client import CometClient
 from ..remote.download import DownloadResult
 from ..remote.protocol import Task, TaskStatus
+from ..video import VideoFacts
 
 __all__ = ["DownloadOutcome", "Intent", "PollOutcome", "SubmitOutcome", "Workers"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -88,21 +96,26 @@ class PollOutcome:
 
 @dataclass(frozen=True, slots=True)
 class DownloadOutcome:
-    """How a download try ended: ``fetched`` (``result``), ``vanished`` (``reason``),
-    ``failed`` (``reason``; ``fresh_url``: a signed URL a refresh gave meanwhile), or
-    ``disk_full`` (nothing wrong with the video: no space to keep it)."""
+    """How a download try ended: ``fetched`` (``result``; ``facts`` and ``poster`` when
+    probed), ``vanished`` (``reason``), ``failed`` (``reason``; ``fresh_url``: a signed
+    URL a refresh gave meanwhile), ``undecodable`` (the file arrived whole but is no
+    video: ``reason``), or ``disk_full`` (nothing wrong with the video: no space)."""
 
-    kind: Literal["fetched", "vanished", "failed", "disk_full"]
+    kind: Literal["fetched", "vanished", "failed", "undecodable", "disk_full"]
     result: DownloadResult | None = None
     reason: str = ""
     fresh_url: str | None = None
+    facts: VideoFacts | None = None
+    poster: Path | None = None
 
 
 class Workers:
     """Create, poll or download one job through ``client``."""
 
-    def __init__(self, client: CometClient) -> None:
+    def __init__(self, client: CometClient, *, probe: bool = True) -> None:
         self.client = client
+        #: Probe every file before it is committed, and make its poster.
+        self.probe = probe
 
     async def submit(self, job: JobRow, intent: Intent) -> SubmitOutcome:
         """Create the job's task.  ``intent`` is committed right before the request leaves.
@@ -139,13 +152,18 @@ class Workers:
             return PollOutcome("no_answer", reason=str(exc), error=exc)
 
     async def download(self, job: JobRow, dest: Path) -> DownloadOutcome:
-        """Fetch the job's video into ``dest`` (its signed URL, refreshed as needed)."""
+        """Fetch the job's video into ``dest`` (its signed URL, refreshed as needed).
+
+        Probed, the file must decode before it gets its final name; its facts
+        and poster come back with it.
+        """
         assert job.task_id is not None
         source = Task(
             job.task_id, TaskStatus.COMPLETED, job.remote_status or "", video_url=job.video_url
         )
+        check = _inspect if self.probe else None
         try:
-            return DownloadOutcome("fetched", result=await self.client.download(source, dest))
+            result = await self.client.download(source, dest, check=check)
         except TaskNotFound as exc:
             reason = f"the task vanished before its download: {exc.message}"
             return DownloadOutcome("vanished", reason=reason)
@@ -153,7 +171,25 @@ class Workers:
             raise
         except DiskFull as exc:
             return DownloadOutcome("disk_full", reason=str(exc))
+        except Undecodable as exc:
+            return DownloadOutcome("undecodable", reason=str(exc))
         except DownloadError as exc:
             return DownloadOutcome("failed", reason=str(exc), fresh_url=exc.fresh_url)
         except (ApiError, OSError) as exc:
             return DownloadOutcome("failed", reason=str(exc))
+        if not isinstance(result.checked, Inspection):
+            return DownloadOutcome("fetched", result=result)
+        poster = None
+        if result.checked.poster is not None:
+            try:
+                poster = await anyio.to_thread.run_sync(
+                    save_poster, result.checked.poster, poster_path(result.path)
+                )
+            except OSError as exc:  # the video is safe; a gallery shows it without one
+                log.warning("no poster for %s: %s", result.path.name, exc)
+        return DownloadOutcome("fetched", result=result, facts=result.checked.facts, poster=poster)
+
+
+def _inspect(path: Path) -> Inspection:
+    """Probe a downloaded file and take its poster frame (blocking; a worker thread)."""
+    return inspect(path, poster_width=POSTER_WIDTH)

@@ -35,6 +35,7 @@ class SimConfig:
     hang_rate: float = 0.0
     hang_factor: float = 20.0
     vanish_rate: float = 0.0
+    corrupt_rate: float = 0.0
     rate_limit: int = 0
     rate_window: float = 60.0
     retry_after: float | None = None
@@ -91,6 +92,8 @@ KNOB_HELP: Final = {
     "hang_factor": "How many times longer a hanging task renders",
     "vanish_rate": "Share of tasks upstream forgets once they end: from then on every "
     "lookup answers 400 task_not_exist",
+    "corrupt_rate": "Share of tasks whose video never decodes: served whole (its length "
+    "checks out) but with its index cut off",
     "rate_limit": "API requests allowed per window before 429 (0 = no limit)",
     "rate_window": "Length of the rate-limit window in seconds (sliding)",
     "retry_after": "Retry-After seconds sent with 429 (default: until the window frees a slot)",
@@ -118,6 +121,7 @@ _PROBABILITIES: Final = (
     "error_rate",
     "hang_rate",
     "vanish_rate",
+    "corrupt_rate",
     "p_5xx",
     "p_drop_after_create",
     "p_truncate",

@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
+import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -47,7 +48,7 @@ from .requests import (
     to_json,
     validate_create,
 )
-from .state import FAULT_KINDS, SimState, SimTask
+from .state import FAULT_KINDS, SimState, SimTask, rendered_video
 
 __all__ = [
     "Simulator",
@@ -168,6 +169,11 @@ class _VideoResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         content = self.task.content
+        if self.range_header is None and (
+            self.task.corrupt or self.state.fault("corrupt", 0.0)
+        ):  # the whole file, its length true, but its index (the moov box, at the end) cut off
+            self.state.count("corrupt_served")
+            content = content[: len(content) * 3 // 5]
         total = len(content)
         wanted = parse_range(self.range_header, total)
         if self.range_header is not None and self.state.fault(
@@ -237,6 +243,8 @@ class _ApiRoutes:
             state.count("rejected")
             return _error(state, error)
         config = state.config
+        # A video size and length not made yet takes a moment to encode: not on the loop.
+        await anyio.to_thread.run_sync(rendered_video, valid)
         task = state.create(valid)
         if state.fault("drop_after_create", config.p_drop_after_create):
             state.count("drops")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import hmac
-import importlib.resources
 import math
 import random
 import threading
@@ -24,9 +23,10 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, Final, Literal, TypeVar
 
+from ..catalogue import normalised_size
+from ..media.synth import make_video
 from .config import ProgressStyle, SimConfig
 from .requests import CreateRequest, SimError
 
@@ -36,8 +36,8 @@ __all__ = [
     "SimTask",
     "max_in_window",
     "render_seconds",
-    "sample_video",
-    "video_for",
+    "rendered_video",
+    "task_marker",
 ]
 
 _T = TypeVar("_T")
@@ -51,6 +51,7 @@ FAULT_KINDS: Final = (
     "expire",
     "ignore_range",
     "content_redirect",
+    "corrupt",
 )
 
 _UPPER: Final = {
@@ -65,20 +66,22 @@ _UPPER: Final = {
 # -- content ---------------------------------------------------------------
 
 
-@cache
-def sample_video() -> bytes:
-    """The committed sample MP4 (1 s, 160x90, H.264)."""
-    return importlib.resources.files("batchvid").joinpath("assets/sample.mp4").read_bytes()
+def rendered_video(request: CreateRequest) -> bytes:
+    """The video a request renders: the size the docs say the API renders (normalisations
+    included), ``seconds`` long, 24 fps (made once per size and length)."""
+    size = normalised_size(request.model, request.size, request.resolution)
+    width, height = (int(n) for n in size.split("x"))
+    return make_video(width, height, request.seconds)
 
 
-def video_for(task_id: str) -> bytes:
-    """A playable MP4 unique to ``task_id``: the sample plus a top-level ``free`` box.
+def task_marker(task_id: str) -> bytes:
+    """A top-level MP4 ``free`` box naming the task, appended to its video.
 
-    Players skip ``free`` boxes, so the file still plays; its bytes (and
-    sha256) differ per task, so a download can be checked against its task.
+    Players and FFmpeg skip ``free`` boxes, so the file still plays; its bytes
+    (and sha256) differ per task, so a download can be checked against its task.
     """
     payload = f"batchvid-sim task={task_id}".encode()
-    return sample_video() + (8 + len(payload)).to_bytes(4, "big") + b"free" + payload
+    return (8 + len(payload)).to_bytes(4, "big") + b"free" + payload
 
 
 # -- render clock ------------------------------------------------------------
@@ -131,7 +134,10 @@ class SimTask:
     created_mono: float
     duration: float
     outcome: Literal["completed", "failed", "error"]
-    content: bytes = field(repr=False)
+    #: The rendered video, shared by every task of its size and length ...
+    video: bytes = field(repr=False)
+    #: ... and what makes this task's file its own (see :func:`task_marker`).
+    marker: bytes = field(repr=False)
     sha256: str
     #: Share of the render spent queued (progress 0, status queued).
     queue_share: float = 0.1
@@ -143,6 +149,13 @@ class SimTask:
     hangs: bool = False
     #: Forgotten upstream once it ends: every lookup answers task_not_exist.
     vanishes: bool = False
+    #: Its video never decodes (served with its index cut off).
+    corrupt: bool = False
+
+    @property
+    def content(self) -> bytes:
+        """The task's MP4, as downloaded."""
+        return self.video + self.marker
 
     def gone(self, now: float) -> bool:
         """Whether upstream has forgotten this task by monotonic time ``now``."""
@@ -318,7 +331,8 @@ class SimState:
                 outcome = "error"
             hangs = bool(config.hang_rate) and dice.random() < config.hang_rate
             vanishes = bool(config.vanish_rate) and dice.random() < config.vanish_rate
-            content = video_for(task_id)
+            corrupt = bool(config.corrupt_rate) and dice.random() < config.corrupt_rate
+            video, marker = rendered_video(request), task_marker(task_id)
             task = SimTask(
                 id=task_id,
                 request=request,
@@ -329,12 +343,14 @@ class SimState:
                 * config.time_scale
                 * (config.hang_factor if hangs else 1.0),
                 outcome=outcome,
-                content=content,
-                sha256=hashlib.sha256(content).hexdigest(),
+                video=video,
+                marker=marker,
+                sha256=hashlib.sha256(video + marker).hexdigest(),
                 queue_share=self.rng.uniform(0.05, 0.2),
                 curve=self.rng.uniform(0.6, 0.9),
                 hangs=hangs,
                 vanishes=vanishes,
+                corrupt=corrupt,
             )
             self.tasks[task_id] = task
             self.counters["creates"] += 1
@@ -479,7 +495,9 @@ def _task_summary(task: SimTask, started: float) -> dict[str, Any]:
         "seen_done_t": (
             None if task.seen_done_mono is None else round(task.seen_done_mono - started, 6)
         ),
-        "size_bytes": len(task.content),
+        "rendered": normalised_size(request.model, request.size, request.resolution),
+        "size_bytes": len(task.video) + len(task.marker),
+        "corrupt": task.corrupt,
         "sha256": task.sha256,
     }
 

@@ -66,6 +66,7 @@ def test_counts_status_and_statuses(ledger: Ledger) -> None:
         "states": {s.value: {"pending": 2, "downloaded": 1}.get(s.value, 0) for s in S},
         "retries": {},
         "extra_takes": {},
+        "normalised": {},
     }
     assert list(status["states"]) == [s.value for s in S]
     assert [s["batch"] for s in ledger.statuses()] == ["a", "b"]

@@ -104,6 +104,7 @@ def test_migrations_apply_once_and_reopening_keeps_data(path: Path, clock: Clock
         ("batchvid", "m004_render_evidence"),
         ("batchvid", "m005_download_schedule"),
         ("batchvid", "m006_retries"),
+        ("batchvid", "m007_video_facts"),
     ]
 
 

@@ -305,7 +305,7 @@ def test_json_is_an_array_of_typed_objects(finished: ReportData) -> None:
     first = objects[0]
     assert list(first) == [*CSV_COLUMNS, "axes"]
     assert first["index"] == 1 and first["seconds"] == 5 and first["references"] == []
-    assert first["axes"] == {"model": FAST, "size": "16:9", "style": "film noir"}
+    assert first["axes"] == {"model": FAST, "size": "864x496", "style": "film noir"}
     assert first["render_seconds"] == 35.0 and first["cost_usd"] == pytest.approx(0.5)
     doubt = objects[4]
     assert doubt["state"] == "in_doubt" and doubt["task_id"] is None
@@ -448,7 +448,12 @@ def test_html_filter_by_state_is_css_only(finished: ReportData) -> None:
 def test_gallery_layout_of_the_matrix_example(finished: ReportData) -> None:
     layout = gallery_layout(finished.jobs)
     assert layout.column_axes == ("model", "size")
-    assert layout.columns == ((FAST, "16:9"), (FAST, "9:16"), (PRO, "16:9"), (PRO, "9:16"))
+    assert layout.columns == (
+        (FAST, "864x496"),
+        (FAST, "496x864"),
+        (PRO, "864x496"),
+        (PRO, "496x864"),
+    )
     assert layout.row_axes == ("style",)
     assert [(r.prompt_id, r.values) for r in layout.rows] == [
         (p, (s,))

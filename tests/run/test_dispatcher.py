@@ -51,8 +51,16 @@ async def test_fifty_job_batch_downloads_every_video_verified(
         assert hashlib.sha256(data).hexdigest() == job.sha256
         assert stats["tasks"][job.task_id]["sha256"] == job.sha256
     assert {j.sha256 for j in jobs} == expected
-    assert sorted(p.name for p in out.iterdir()) == sorted(Path(j.file_path).name for j in jobs)
+    videos = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert videos == sorted(Path(j.file_path).name for j in jobs)
     assert not list(out.glob("*.part"))
+    # Every video probed: what was rendered, each with its poster beside the videos.
+    for job in jobs:
+        rendered = stats["tasks"][job.task_id]["rendered"]
+        assert job.facts is not None and job.facts.size == rendered
+        assert job.facts.duration_s == job.seconds and job.facts.codec == "h264"
+        assert job.poster_path and Path(job.poster_path).parent == out / "posters"
+    assert len(list((out / "posters").glob("*.jpg"))) == 50
     assert stats["duplicate_creates"] == 0 and stats["creates"] == 50
 
 

@@ -38,7 +38,7 @@ class StandIn:
     async def retrieve(self, task_id: str) -> Task:
         return self.methods["retrieve"](task_id)  # type: ignore[no-any-return]
 
-    async def download(self, source: Task, dest: Path) -> Any:
+    async def download(self, source: Task, dest: Path, check: Any = None) -> Any:
         return self.methods["download"](source, dest)
 
 

@@ -614,6 +614,65 @@ def test_every_tasks_video_is_a_playable_distinct_mp4(
     assert len(digests) == 2
 
 
+def ffprobe_size(path: Path) -> tuple[str, float] | None:
+    """``("WxH", seconds)`` by ffprobe (an implementation apart from batchvid's), or None."""
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=width,height:format=duration",
+         "-of", "json", str(path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    found = json.loads(probe.stdout or "{}")
+    if probe.returncode or not found.get("streams"):
+        return None
+    stream = found["streams"][0]
+    return f"{stream['width']}x{stream['height']}", float(found["format"]["duration"])
+
+
+@pytest.mark.skipif(
+    shutil.which("ffprobe") is None, reason="ffprobe (Debian package ffmpeg) is not installed"
+)
+@pytest.mark.parametrize(
+    ("fields", "rendered"),
+    [
+        ({"model": "doubao-seedance-2-0", "size": "1920x1080", "seconds": "4"}, "1280x720"),
+        ({"model": "doubao-seedance-1-5-pro", "resolution": "1080p", "seconds": "6"}, "1280x720"),
+        ({"model": "doubao-seedance-1-0-pro", "resolution": "1080p", "size": "9:16"}, "1088x1920"),
+        ({"model": FAST, "resolution": "480p", "size": "21:9", "seconds": "4"}, "992x432"),
+    ],
+)
+def test_a_task_renders_the_size_and_length_the_docs_say(
+    http: httpx.Client, tmp_path: Path, fields: dict[str, str], rendered: str
+) -> None:
+    response = post_create(http, {"prompt": "a pier", **fields})
+    assert response.status_code == 200, response.text
+    task_id = response.json()["id"]
+    path = tmp_path / "v.mp4"
+    path.write_bytes(httpx.get(wait_done(http, task_id)[-1]["video_url"]).content)
+    assert ffprobe_size(path) == (rendered, float(fields.get("seconds", 5)))
+    assert http.get("/_sim/stats").json()["tasks"][task_id]["rendered"] == rendered
+
+
+@pytest.mark.skipif(
+    shutil.which("ffprobe") is None, reason="ffprobe (Debian package ffmpeg) is not installed"
+)
+def test_a_corrupt_video_arrives_whole_but_does_not_decode(
+    sim_thread: Simulator, http: httpx.Client, tmp_path: Path
+) -> None:
+    sim_thread.inject(corrupt=1)
+    task_id, url = finished_url(sim_thread, http)
+    cut, whole = httpx.get(url), httpx.get(url)  # the fault is one-shot
+    assert int(cut.headers["content-length"]) == len(cut.content) < len(whole.content)
+    (tmp_path / "cut.mp4").write_bytes(cut.content)
+    (tmp_path / "whole.mp4").write_bytes(whole.content)
+    assert ffprobe_size(tmp_path / "cut.mp4") is None
+    assert ffprobe_size(tmp_path / "whole.mp4") == ("1280x720", 5.0)
+    assert sim_thread.stats()["counters"]["corrupt_served"] == 1
+    sim_thread.configure(corrupt_rate=1.0)
+    task_id, url = finished_url(sim_thread, http)
+    assert sim_thread.stats()["tasks"][task_id]["corrupt"] is True
+    assert len(httpx.get(url).content) < sim_thread.stats()["tasks"][task_id]["size_bytes"]
+
+
 # -- the command ---------------------------------------------------------------------------
 
 
