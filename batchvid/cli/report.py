@@ -145,19 +145,21 @@ def _write_sheet(data: ReportData, output: str | None) -> None:
     """Draw the contact sheet and write it to ``output`` (``-``: standard output, as JPEG)."""
     from ..report.sheet import encode_sheet, render_sheet, sheet_format  # Pillow: only here
 
-    if output == "-":
-        if sys.stdout.isatty():
-            raise ReportUsageError("a contact sheet is an image: give -o sheet.jpg, or pipe it")
-        sys.stdout.buffer.write(encode_sheet(render_sheet(data), "JPEG"))
+    to_stdout = output == "-"
+    if to_stdout and sys.stdout.isatty():
+        raise ReportUsageError("a contact sheet is an image: give -o sheet.jpg, or pipe it")
+    path = Path(output or "-") if output else Path(data.batch.output_dir) / SHEET_NAME
+    try:
+        fmt = "JPEG" if to_stdout else sheet_format(path)
+        image = encode_sheet(render_sheet(data), fmt)
+    except (ValueError, OSError) as exc:  # a suffix we cannot write, an image too big
+        raise ReportUsageError(f"cannot make the contact sheet: {exc}") from exc
+    if to_stdout:
+        sys.stdout.buffer.write(image)
         sys.stdout.flush()
         return
-    path = Path(output) if output is not None else Path(data.batch.output_dir) / SHEET_NAME
     try:
-        fmt = sheet_format(path)
-    except ValueError as exc:
-        raise ReportUsageError(str(exc)) from exc
-    try:
-        write_atomically(path, encode_sheet(render_sheet(data), fmt))
+        write_atomically(path, image)
     except OSError as exc:
         raise ReportUsageError(f"cannot write {path}: {exc}") from exc
     click.echo(f"wrote {path} ({data.total} jobs, contact sheet)", err=True)

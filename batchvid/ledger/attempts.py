@@ -84,6 +84,24 @@ class AttemptTransitions(LedgerCore):
                 self._new_attempt(conn, job_id, S.FAILED, retry, message, kept_as=kept)
             return kept
 
+    def record_undecodable(self, job_id: int, message: str) -> None:
+        """completed -> failed: the video fetched again still does not decode.
+
+        Counted as a bad file and a download error (not as a poll); the task is
+        never created again for it (no retry policy applies).
+        """
+        self._move(
+            job_id,
+            "fail (undecodable)",
+            sources={S.COMPLETED},
+            target=S.FAILED,
+            sets="""download_errors = download_errors + 1, bad_downloads = bad_downloads + 1,
+               error_code = 'undecodable', error_message = :message, next_download_at = NULL,
+               finished_utc = :now""",
+            params={"message": message},
+            detail={"code": "undecodable", "message": message},
+        )
+
     def record_stalled(
         self,
         job_id: int,

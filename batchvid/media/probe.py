@@ -13,6 +13,7 @@ the caller still runs it off the event loop with a timeout.
 
 from __future__ import annotations
 
+import errno
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple
@@ -34,6 +35,10 @@ POSTER_AT_S: Final = 1.0
 MAX_FRAMES: Final = 30
 #: How much of the file FFmpeg may read to find its streams (bytes, microseconds).
 _OPEN_OPTIONS: Final = {"probesize": "5000000", "analyzeduration": "5000000"}
+#: FFmpeg errors that are the machine's fault, not the file's (another try may do).
+_THE_MACHINES: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EIO, errno.EINTR}
+)
 #: FFmpeg's demuxers for single pictures (besides every ``*_pipe`` one): not videos.
 _STILL_FORMATS: Final = frozenset({"image2", "webp", "gif", "apng"})
 
@@ -48,7 +53,9 @@ class Inspection(NamedTuple):
 def inspect(path: Path, *, poster_width: int | None = None) -> Inspection:
     """Probe ``path``; with ``poster_width``, also take its poster frame at that width.
 
-    Raises :class:`~batchvid.errors.Undecodable` with a reason a person can act on.
+    Raises :class:`~batchvid.errors.Undecodable` with a reason a person can act on
+    when the file is at fault, and ``OSError`` when the machine is (out of file
+    handles or memory, the file unreadable): that is worth trying again.
     """
     try:
         with av.open(str(path), options=_OPEN_OPTIONS) as container:
@@ -58,7 +65,12 @@ def inspect(path: Path, *, poster_width: int | None = None) -> Inspection:
                 raise Undecodable(f"a still image ({container.format.name}), not a video")
             stream = container.streams.video[0]
             facts = _facts(container, stream)
-            frame = _poster_frame(container, stream, facts.duration_s)
+            frame = _poster_frame(container, stream, facts.duration_s, keyframes=True)
+            if frame is None:  # no frame marked as a keyframe: decode them all from the start
+                container.seek(0)
+                frame = _poster_frame(container, stream, facts.duration_s, keyframes=False)
+            if frame is None:
+                raise Undecodable("the video stream has no frames that decode")
             image = None
             if poster_width is not None:
                 height = max(2, round(frame.height * poster_width / frame.width / 2) * 2)
@@ -66,8 +78,14 @@ def inspect(path: Path, *, poster_width: int | None = None) -> Inspection:
             return Inspection(facts, image)
     except Undecodable:
         raise
-    except (av.error.FFmpegError, ValueError, OSError, MemoryError) as exc:
+    except av.error.FFmpegError as exc:
+        if exc.errno in _THE_MACHINES:
+            raise OSError(exc.errno, f"cannot probe the file: {_reason(exc)}") from exc
         raise Undecodable(f"not a playable video: {_reason(exc)}") from exc
+    except ValueError as exc:
+        raise Undecodable(f"not a playable video: {_reason(exc)}") from exc
+    except MemoryError as exc:
+        raise OSError(errno.ENOMEM, "out of memory while probing the file") from exc
 
 
 def _facts(container: av.container.InputContainer, stream: av.VideoStream) -> VideoFacts:
@@ -92,12 +110,16 @@ def _facts(container: av.container.InputContainer, stream: av.VideoStream) -> Vi
 
 
 def _poster_frame(
-    container: av.container.InputContainer, stream: av.VideoStream, duration: float | None
-) -> av.VideoFrame:
-    """The last keyframe at or before :data:`POSTER_AT_S`, decoding keyframes from the
-    start (no seek: a seek would trust the index we are checking)."""
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    duration: float | None,
+    *,
+    keyframes: bool,
+) -> av.VideoFrame | None:
+    """The last (key)frame at or before :data:`POSTER_AT_S`, decoding from the start
+    (no seek: a seek would trust the index we are checking); ``None``: none decoded."""
     target = POSTER_AT_S if duration is None else min(POSTER_AT_S, duration / 2)
-    stream.codec_context.skip_frame = "NONKEY"
+    stream.codec_context.skip_frame = "NONKEY" if keyframes else "DEFAULT"
     chosen = None
     for n, frame in enumerate(container.decode(stream)):
         if chosen is not None and frame.time is not None and frame.time > target:
@@ -105,8 +127,6 @@ def _poster_frame(
         chosen = frame
         if n + 1 >= MAX_FRAMES:
             break
-    if chosen is None:
-        raise Undecodable("the video stream has no frames that decode")
     return chosen
 
 

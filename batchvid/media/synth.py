@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import threading
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 from typing import Final
 
 import av
@@ -40,7 +40,7 @@ def make_video(width: int, height: int, seconds: int) -> bytes:
         return _encode(*key)
 
 
-@lru_cache(maxsize=64)
+@cache  # bounded by the docs' tables: a few hundred sizes x lengths
 def _encode(width: int, height: int, seconds: int) -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as out:

@@ -3,7 +3,9 @@
 Owns: the protocol as plain functions (both status vocabularies, both error
 shapes, what each failure means: ``protocol``), the async client (``client``),
 the one download path, URL refreshes and the ``/content`` route included
-(``download``), and the rate limiter every API request passes (``ratelimit``).
+(``download``), the check a file passes before its final name, with a
+deadline (``check``), and the rate limiter every API request passes
+(``ratelimit``).
 Nothing here writes the ledger: calls return what they learned.
 
 May import: the shared vocabulary (``batchvid.errors``, ``request``), httpx,

@@ -49,14 +49,13 @@ import anyio.to_thread
 import httpx
 
 from ..errors import DiskFull, DownloadError, RetryableError, Undecodable, UrlExpired
+from .check import Check, run_check
 from .protocol import RetryPolicy, Task, TaskStatus, backoff_hint, parse_retry_after
 
 if TYPE_CHECKING:
     from .client import CometClient
 
 __all__ = [
-    "CHECK_TIMEOUT_S",
-    "Check",
     "DownloadResult",
     "Opener",
     "TransferInterrupted",
@@ -70,17 +69,13 @@ __all__ = [
     "part_path",
     "plan_write",
     "read_limited",
+    "rejected_path",
 ]
 
 log = logging.getLogger(__name__)
 
 #: Opens one GET (with the extra headers given, e.g. ``Range``) as a streaming response.
 Opener = Callable[[Mapping[str, str]], AbstractAsyncContextManager[httpx.Response]]
-#: Looks at a complete file before it is committed (blocking; run in a worker thread):
-#: returns what it found, or raises :class:`~batchvid.errors.Undecodable`.
-Check = Callable[[Path], object]
-#: How long a check may take before the file counts as bad.
-CHECK_TIMEOUT_S: Final = 60.0
 
 # Error bodies are read only this far: enough for a message, never a video.
 _ERROR_BODY_LIMIT: Final = 4096
@@ -281,8 +276,8 @@ async def fetch_once(
     offset, headers = await anyio.to_thread.run_sync(_resume_point, dest, identity)
     try:
         async with open_(headers) as response:
-            if response.status_code == 416 and offset:
-                return await _finish_unsatisfiable(response, part, dest, offset, check)
+            if response.status_code == 416 and offset:  # (answered once the connection is free)
+                raise _Unsatisfiable(response.headers.get("content-range"))
             if response.status_code not in (200, 206) or error_document(response.headers):
                 body = await read_limited(response)
                 raise download_problem(response.status_code, body, response.headers)
@@ -304,6 +299,8 @@ async def fetch_once(
         raise TransferInterrupted(f"the download could not be decoded ({exc})") from exc
     except httpx.TooManyRedirects as exc:
         raise DownloadError("the download URL redirects in a loop") from exc
+    except _Unsatisfiable as answer:
+        return await _finish_unsatisfiable(answer.content_range, part, dest, offset, check)
     if plan.total is not None and size != plan.total:
         if size > plan.total:
             _discard(dest)
@@ -316,6 +313,7 @@ async def fetch_once(
         raise TransferInterrupted("the server answered an empty body, not a video")
     found = await checked(check, part, dest)
     final, digest = await anyio.to_thread.run_sync(_commit, part, dest)
+    rejected_path(dest).unlink(missing_ok=True)  # an earlier bad copy: this one is good
     return DownloadResult(
         path=final, size=size, sha256=digest, resumed_from=plan.start, checked=found
     )
@@ -324,22 +322,24 @@ async def fetch_once(
 async def checked(check: Check | None, part: Path, dest: Path) -> object:
     """Run ``check`` on a complete ``.part`` before it is committed; what it returned.
 
-    It runs in a worker thread, for at most :data:`CHECK_TIMEOUT_S` (a file that
-    takes longer is as bad as one that fails).  A file that fails is discarded,
-    so the next try fetches it whole, and :class:`~batchvid.errors.Undecodable`
-    is raised: nothing that fails the check ever gets the final name.
+    See :func:`.check.run_check`: a file that fails is kept aside as
+    :func:`rejected_path` (its resume note dropped, so the next try fetches it
+    whole) and :class:`~batchvid.errors.Undecodable` is raised; nothing that
+    fails the check ever gets the final name.
     """
     if check is None:
         return None
     try:
-        with anyio.fail_after(CHECK_TIMEOUT_S):
-            return await anyio.to_thread.run_sync(check, part, abandon_on_cancel=True)
-    except TimeoutError:
-        error = Undecodable(f"checking the file took over {CHECK_TIMEOUT_S:g} s")
-    except Undecodable as exc:
-        error = exc
-    _discard(dest)
-    raise error
+        return await run_check(check, part, rejected_path(dest))
+    except Undecodable:
+        _meta_path(dest).unlink(missing_ok=True)
+        raise
+
+
+def rejected_path(dest: Path) -> Path:
+    """Where a fetched file that failed its check is kept: ``NAME.mp4.undecodable`` (not
+    ending in ``.mp4``, so nothing that collects the videos picks it up)."""
+    return dest.with_name(f"{dest.name}.undecodable")
 
 
 async def read_limited(response: httpx.Response) -> bytes:
@@ -356,15 +356,24 @@ async def read_limited(response: httpx.Response) -> bytes:
     return bytes(body)
 
 
+class _Unsatisfiable(Exception):
+    """A 416 to our Range (handled once its connection is back in the pool)."""
+
+    def __init__(self, content_range: str | None) -> None:
+        super().__init__(content_range)
+        self.content_range = content_range
+
+
 async def _finish_unsatisfiable(
-    response: httpx.Response, part: Path, dest: Path, offset: int, check: Check | None
+    content_range: str | None, part: Path, dest: Path, offset: int, check: Check | None
 ) -> DownloadResult:
     """416 to our Range: the ``.part`` may already be complete, or be junk."""
-    parsed = parse_content_range(response.headers.get("content-range"))
-    total = parsed[2] if parsed else _unsatisfied_total(response.headers.get("content-range"))
+    parsed = parse_content_range(content_range)
+    total = parsed[2] if parsed else _unsatisfied_total(content_range)
     if total is not None and total == offset:
         found = await checked(check, part, dest)
         final, digest = await anyio.to_thread.run_sync(_commit, part, dest)
+        rejected_path(dest).unlink(missing_ok=True)
         return DownloadResult(
             path=final, size=offset, sha256=digest, resumed_from=offset, checked=found
         )

@@ -49,7 +49,8 @@ def next_steps(batch: str, manifest: str, counts: Mapping[JobState, int]) -> lis
         Step(
             frozenset({S.FAILED}),
             "failed",
-            "the API reported the render failed",
+            "the API reported the render failed (or, `undecodable`, its video fetched twice "
+            "did not decode: the bytes are kept as NAME.mp4.undecodable beside the videos)",
             f"`batchvid retry {name} --failed` submits them again (a new, billed attempt)",
         ),
         Step(

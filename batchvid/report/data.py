@@ -66,6 +66,8 @@ __all__ = [
     "job_record",
     "job_values",
     "load_report",
+    "normalised_groups",
+    "normalised_lines",
     "percentile",
     "plain",
     "rate",
@@ -406,6 +408,25 @@ def job_label(job: JobRow) -> str:
     if job.extra_of is not None:
         parts.append(f"attempt {job.attempts} (extra take)")
     return " ".join(parts)
+
+
+def normalised_groups(data: ReportData) -> list[tuple[str, list[JobRow]]]:
+    """The videos the API rendered otherwise than asked, grouped by how, most first."""
+    groups: dict[str, list[JobRow]] = {}
+    for job, how in data.normalised:
+        groups.setdefault(how, []).append(job)
+    return sorted(groups.items(), key=lambda g: (-len(g[1]), g[0]))
+
+
+def normalised_lines(data: ReportData) -> list[str]:
+    """``12 videos: asked 864x496, rendered 1280x720 (normalised by the API); e.g. #9 ...``"""
+    lines = []
+    for how, jobs in normalised_groups(data)[: EXAMPLES_PER_GROUP * 7]:
+        examples = ", ".join(job_label(j) for j in jobs[:EXAMPLES_PER_GROUP])
+        more = ", ..." if len(jobs) > EXAMPLES_PER_GROUP else ""
+        count = f"{len(jobs)} video{'s' if len(jobs) != 1 else ''}"
+        lines.append(f"{count}: {how}; e.g. {examples}{more}")
+    return lines
 
 
 def retry_summary(data: ReportData) -> str | None:

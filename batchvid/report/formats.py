@@ -28,6 +28,7 @@ from .data import (
     job_label,
     job_record,
     job_values,
+    normalised_lines,
     plain,
     rate,
     retry_summary,
@@ -167,11 +168,10 @@ def render_text(data: ReportData, *, width: int = 100) -> str:
     if cost:
         out.append(cost)
     if data.normalised:
-        out += ["", f"normalised by the API: {len(data.normalised)} videos differ from the request"]
-        for job, how in data.normalised[:FAILURE_GROUPS_SHOWN]:
-            out.append(f"  {job_label(job)}: {how}")
-        if len(data.normalised) > FAILURE_GROUPS_SHOWN:
-            out.append(f"  … {len(data.normalised) - FAILURE_GROUPS_SHOWN} more (--format csv)")
+        n = len(data.normalised)
+        videos = f"{n} videos differ" if n != 1 else "1 video differs"
+        out += ["", f"normalised by the API: {videos} from the request"]
+        out += [f"  {clip(line, width - 2)}" for line in normalised_lines(data)]
     retried = retry_summary(data)
     if retried:
         out.append(f"retries: {retried}")
@@ -289,10 +289,7 @@ def render_markdown(data: ReportData) -> str:
         out.append(f"Retries: {md(retried)}.")
     if data.normalised:
         out += ["", "### Normalised by the API", ""]
-        out.extend(
-            f"- {md(job_label(job))}: {md(how)}"
-            for job, how in data.normalised[:FAILURE_GROUPS_SHOWN]
-        )
+        out.extend(f"- {md(line)}" for line in normalised_lines(data))
     if data.failures:
         out += ["", "### Failures", ""]
         for g in data.failures[:FAILURE_GROUPS_SHOWN]:

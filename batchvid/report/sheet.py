@@ -20,6 +20,7 @@ from typing import Final
 
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from ..catalogue import render_size
 from ..ledger.rows import JobRow
 from ..states import FAILED_STATES, JobState
 from ..text import clip
@@ -27,11 +28,14 @@ from .data import ReportData, state_summary
 from .gallery import gallery_layout
 
 __all__ = [
+    "MAX_GRID_WIDTH",
+    "MAX_ROWS",
     "SHEET_FORMATS",
     "TILE_WIDTH",
     "SheetLayout",
     "encode_sheet",
     "render_sheet",
+    "sheet_band",
     "sheet_format",
     "sheet_layout",
 ]
@@ -41,6 +45,10 @@ TILE_WIDTH: Final = 192
 #: File suffixes the sheet can be written as, and the Pillow format for each.
 SHEET_FORMATS: Final = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 
+#: A sheet shows at most this many rows and this wide a grid (JPEG stops at 65,535 px);
+#: a footer says how many rows or columns were left out.
+MAX_ROWS: Final = 150
+MAX_GRID_WIDTH: Final = 30_000
 _PAD: Final = 8
 _LABEL_H: Final = 18
 _TITLE_H: Final = 46
@@ -71,18 +79,24 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 def _fit(text: str, width: int, size: int = 12) -> str:
     """``text`` clipped with an ellipsis to fit ``width`` pixels in the sheet's font."""
     font = _font(size)
+    text = text[: width // 2]  # no glyph is narrower than 2 px: the rest never shows
     if font.getlength(text) <= width:
         return text
-    while text and font.getlength(text + "…") > width:
-        text = text[:-1]
-    return text + "…"
+    fits, over = 0, len(text)  # the longest prefix that fits with its ellipsis, by halving
+    while over - fits > 1:
+        mid = (fits + over) // 2
+        if font.getlength(text[:mid] + "…") <= width:
+            fits = mid
+        else:
+            over = mid
+    return text[:fits] + "…"
 
 
 def _wrap(text: str, width: int, lines: int, size: int = 12) -> list[str]:
     """``text`` broken on spaces into at most ``lines`` lines of ``width`` pixels."""
     font = _font(size)
     out: list[str] = []
-    words = text.split()
+    words = text[: lines * width // 2].split()  # (what could ever show)
     while words and len(out) < lines:
         line = words.pop(0)
         while words and font.getlength(f"{line} {words[0]}") <= width:
@@ -129,9 +143,8 @@ def _tile(sheet: Image.Image, job: JobRow, at: tuple[int, int], tile_h: int, bas
     if job.state in FAILED_STATES:
         draw.rectangle(box, outline=_FAILED, width=3)
         draw.line((box[0], box[1], box[2], box[3]), fill=_FAILED, width=2)
-    facts = job.facts
-    if facts is not None and job.normalised:
-        band = f"rendered {facts.width}x{facts.height}"
+    band = sheet_band(job)
+    if band is not None:
         draw.rectangle((x, box[3] - 16, box[2], box[3]), fill=_FLAG)
         draw.text((x + 4, box[3] - 15), _fit(band, TILE_WIDTH - 8, 11), fill=_INK, font=_font(11))
     label = f"#{job.idx} {job.state.value.replace('_', ' ')}"
@@ -139,6 +152,17 @@ def _tile(sheet: Image.Image, job: JobRow, at: tuple[int, int], tile_h: int, bas
         label += " (extra take)"
     ink = _FAILED if job.state in FAILED_STATES else _STATE_INK.get(job.state, _MUTED)
     draw.text((x, box[3] + 3), _fit(label, TILE_WIDTH, 12), fill=ink, font=_font(12))
+
+
+def sheet_band(job: JobRow) -> str | None:
+    """What a tile's amber band says: how the API rendered otherwise than asked."""
+    facts = job.facts
+    if facts is None or not job.normalised:
+        return None
+    same_size = facts.size == render_size(job.model, job.size, job.resolution)
+    if same_size and facts.duration_s is not None:
+        return f"rendered {facts.duration_s:.1f} s, asked {job.seconds} s"
+    return f"rendered {facts.size}"
 
 
 def _tile_height(jobs: Sequence[JobRow]) -> int:
@@ -165,6 +189,8 @@ class SheetLayout:
     headings: tuple[tuple[str, tuple[int, int], int], ...]
     #: Each row's prompt (and row-axis values), and where its label starts.
     rows: tuple[tuple[str, str, tuple[int, int]], ...]
+    #: What did not fit (see :data:`MAX_ROWS`), said at the bottom; ``""``: everything did.
+    footer: str = ""
 
 
 def sheet_layout(data: ReportData) -> SheetLayout:
@@ -172,19 +198,21 @@ def sheet_layout(data: ReportData) -> SheetLayout:
     column per combination of the settings that vary, each job's tile in its cell."""
     layout = gallery_layout(data.jobs)
     extras = data.extras_of()
-    cells = [
-        [[j for job in jobs for j in (job, *extras.get(job.id, ()))] for jobs in row.cells]
-        for row in layout.rows
-    ]
-    per_cell = max((len(c) for row in cells for c in row), default=1) or 1
+    per_cell = max(
+        (len(jobs) + sum(len(extras.get(j.id, ())) for j in jobs)
+         for row in layout.rows for jobs in row.cells),
+        default=1,
+    ) or 1  # fmt: skip
     cell_w = per_cell * (TILE_WIDTH + _PAD)
+    columns = max(1, min(len(layout.columns), MAX_GRID_WIDTH // cell_w))
+    shown = layout.rows[:MAX_ROWS]
     tile_h = _tile_height([*data.jobs, *data.extras])
     row_h = tile_h + _LABEL_H + _PAD
     left, top = _PAD + _HEADER_W, _TITLE_H + 18 * max(1, len(layout.column_axes)) + _PAD
     headings = tuple(
         (f"{layout.column_axes[level]}: {value or '—'}", (left + c * cell_w, _TITLE_H + 18 * level),
          cell_w - _PAD)
-        for c, values in enumerate(layout.columns)
+        for c, values in enumerate(layout.columns[:columns])
         for level, value in enumerate(values)
     )  # fmt: skip
     rows = tuple(
@@ -193,16 +221,24 @@ def sheet_layout(data: ReportData) -> SheetLayout:
             " · ".join(v or "—" for v in row.values),
             (_PAD, top + r * row_h),
         )
-        for r, row in enumerate(layout.rows)
+        for r, row in enumerate(shown)
     )
     tiles = tuple(
-        (job, (left + c * cell_w + k * (TILE_WIDTH + _PAD), top + r * row_h))
-        for r, row_cells in enumerate(cells)
-        for c, jobs in enumerate(row_cells)
-        for k, job in enumerate(jobs)
+        (j, (left + c * cell_w + k * (TILE_WIDTH + _PAD), top + r * row_h))
+        for r, row in enumerate(shown)
+        for c, jobs in enumerate(row.cells[:columns])
+        for k, j in enumerate(j for job in jobs for j in (job, *extras.get(job.id, ())))
     )
-    width = max(left + len(layout.columns) * cell_w + _PAD, 480)
-    return SheetLayout(width, top + len(layout.rows) * row_h + _PAD, tile_h, tiles, headings, rows)
+    left_out = [
+        f"{n} more {what}"
+        for n, what in ((len(layout.rows) - len(shown), "rows"),
+                        (len(layout.columns) - columns, "columns"))
+        if n
+    ]  # fmt: skip
+    footer = f"… {' and '.join(left_out)}: --format html shows every job" if left_out else ""
+    width = max(left + columns * cell_w + _PAD, 480)
+    height = top + len(shown) * row_h + _PAD + (_LABEL_H if footer else 0)
+    return SheetLayout(width, height, tile_h, tiles, headings, rows, footer)
 
 
 def render_sheet(data: ReportData, *, base: str | Path | None = None) -> Image.Image:
@@ -230,6 +266,9 @@ def render_sheet(data: ReportData, *, base: str | Path | None = None) -> Image.I
             draw.text(at, _fit(setting, _HEADER_W - _PAD), fill=_MUTED, font=_font(12))
     for job, at in plan.tiles:
         _tile(sheet, job, at, plan.tile_h, root)
+    if plan.footer:
+        at = (_PAD, plan.height - _LABEL_H - 2)
+        draw.text(at, _fit(plan.footer, plan.width - 2 * _PAD), fill=_MUTED, font=_font(12))
     return sheet
 
 

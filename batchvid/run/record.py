@@ -406,7 +406,7 @@ class Recorder:
         elif outcome.kind == "vanished":
             self._ended(job, "vanished", "task_not_exist", outcome.reason, keep=True)
         elif outcome.kind == "undecodable" and job.bad_downloads + 1 >= BAD_FILES:
-            self.ledger.record_failed(job.id, "undecodable", outcome.reason)
+            self.ledger.record_undecodable(job.id, outcome.reason)
             self.tally.note(job, f"the video does not decode, fetched {BAD_FILES} times")
         else:
             if outcome.fresh_url is not None:

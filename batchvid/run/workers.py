@@ -172,7 +172,7 @@ class Workers:
         except DiskFull as exc:
             return DownloadOutcome("disk_full", reason=str(exc))
         except Undecodable as exc:
-            return DownloadOutcome("undecodable", reason=str(exc))
+            return DownloadOutcome("undecodable", reason=str(exc), fresh_url=exc.fresh_url)
         except DownloadError as exc:
             return DownloadOutcome("failed", reason=str(exc), fresh_url=exc.fresh_url)
         except (ApiError, OSError) as exc:

@@ -244,8 +244,8 @@ class _ApiRoutes:
             return _error(state, error)
         config = state.config
         # A video size and length not made yet takes a moment to encode: not on the loop.
-        await anyio.to_thread.run_sync(rendered_video, valid)
-        task = state.create(valid)
+        video = await anyio.to_thread.run_sync(rendered_video, valid)
+        task = state.create(valid, video)
         if state.fault("drop_after_create", config.p_drop_after_create):
             state.count("drops")
             await request.scope[_CLOSE]()

@@ -315,7 +315,10 @@ class SimState:
 
     # -- tasks -------------------------------------------------------------
 
-    def create(self, request: CreateRequest) -> SimTask:
+    def create(self, request: CreateRequest, video: bytes | None = None) -> SimTask:
+        """A new task for ``request``; ``video``: its render, made off the lock (made
+        here when not given, for callers with no event loop to keep free)."""
+        video = rendered_video(request) if video is None else video
         with self._lock:
             config = self.config
             task_id = f"task_{self.rng.getrandbits(64):016x}"
@@ -332,7 +335,7 @@ class SimState:
             hangs = bool(config.hang_rate) and dice.random() < config.hang_rate
             vanishes = bool(config.vanish_rate) and dice.random() < config.vanish_rate
             corrupt = bool(config.corrupt_rate) and dice.random() < config.corrupt_rate
-            video, marker = rendered_video(request), task_marker(task_id)
+            marker = task_marker(task_id)
             task = SimTask(
                 id=task_id,
                 request=request,

@@ -145,3 +145,31 @@ def test_a_file_that_is_not_a_playable_video_is_undecodable_with_a_reason(
     assert isinstance(outcome[0], Undecodable), outcome
     reason = str(outcome[0])
     assert reason and str(tmp_path) not in reason  # says why, not where
+
+
+def test_a_stream_without_marked_keyframes_is_decoded_frame_by_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When skipping to keyframes yields nothing, the probe decodes every frame instead."""
+    from batchvid.media import probe
+
+    real = probe._poster_frame
+    calls: list[bool] = []
+
+    def no_keyframes(*args: object, keyframes: bool) -> object:
+        calls.append(keyframes)
+        return None if keyframes else real(*args, keyframes=keyframes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(probe, "_poster_frame", no_keyframes)
+    path = tmp_path / "v.mp4"
+    path.write_bytes(make_video(640, 640, 3))
+    found = inspect(path, poster_width=POSTER_WIDTH)
+    assert calls == [True, False] and found.poster is not None
+    assert found.facts.size == "640x640"
+
+
+def test_a_file_the_machine_cannot_open_is_its_fault_not_the_files(tmp_path: Path) -> None:
+    """Not "undecodable" (which would discard a paid video): an OSError, tried again later."""
+    with pytest.raises(OSError) as raised:
+        inspect(tmp_path / "missing.mp4")
+    assert not isinstance(raised.value, Undecodable)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,8 +26,10 @@ from client_helpers import (
 from batchvid.errors import (
     DownloadError,
     TaskNotFound,
+    Undecodable,
     UrlExpired,
 )
+from batchvid.remote import check, download
 from batchvid.remote.client import CometClient
 from batchvid.remote.download import TransferInterrupted, part_path
 from batchvid.remote.protocol import Task, TaskStatus
@@ -559,3 +562,44 @@ def test_a_full_disk_leaves_no_empty_note_beside_the_part(
     with pytest.raises(DiskFull):
         download._write_meta(tmp_path / "v.mp4", "task:t1", '"e1"')
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the check before the final name ---------------------------------------------------------
+
+
+async def test_a_check_that_never_ends_times_out_in_a_thread_that_holds_up_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is kept aside (paid for), nothing gets the final name, and the thread the
+    check was left running in is a daemon: it cannot keep a finished run from exiting."""
+    monkeypatch.setattr(check, "CHECK_TIMEOUT_S", 0.2)
+    release = threading.Event()
+    dest = tmp_path / "v.mp4"
+    part_path(dest).write_bytes(b"some bytes")
+
+    def stuck(path: Path) -> None:
+        release.wait(30)
+
+    with pytest.raises(Undecodable, match=r"took over 0.2 s; .* kept as v.mp4.undecodable"):
+        await download.checked(stuck, part_path(dest), dest)
+    left = [t for t in threading.enumerate() if t.name == "batchvid-check"]
+    assert left and all(t.daemon for t in left)
+    release.set()
+    assert not dest.exists() and not part_path(dest).exists()
+    assert download.rejected_path(dest).read_bytes() == b"some bytes"
+
+
+async def test_a_check_failing_for_the_machines_sake_keeps_the_part_for_the_next_try(
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "v.mp4"
+    part_path(dest).write_bytes(b"some bytes")
+
+    def no_handles(path: Path) -> None:
+        raise OSError(24, "Too many open files")
+
+    with pytest.raises(OSError, match="Too many open files"):
+        await download.checked(no_handles, part_path(dest), dest)
+    assert part_path(dest).read_bytes() == b"some bytes"
+    assert not download.rejected_path(dest).exists()
+    assert await download.checked(lambda path: path.stat().st_size, part_path(dest), dest) == 10

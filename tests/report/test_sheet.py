@@ -11,13 +11,21 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from report_ledgers import MATRIX_OUTCOMES, Clock, add_batch, drive_all, matrix_plan, real_video
+from report_ledgers import (
+    MATRIX_OUTCOMES,
+    Clock,
+    add_batch,
+    bytes_video,
+    drive_all,
+    matrix_plan,
+    real_video,
+)
 
 from batchvid.cli.main import cli
 from batchvid.ledger import Ledger
 from batchvid.ledger.rows import NewJob
 from batchvid.report import ReportData, load_report
-from batchvid.report.sheet import TILE_WIDTH, render_sheet, sheet_layout
+from batchvid.report.sheet import MAX_ROWS, TILE_WIDTH, render_sheet, sheet_band, sheet_layout
 from batchvid.states import FAILED_STATES, JobState
 
 RED, AMBER = (200, 30, 30), (230, 150, 0)
@@ -129,3 +137,41 @@ def test_report_format_sheet_to_a_pipe_is_a_jpeg(matrix_batch: ReportData, tmp_p
         capture_output=True, timeout=120, check=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert done.stdout[:3] == b"\xff\xd8\xff"  # a JPEG's first bytes
+
+
+def test_a_batch_too_tall_for_one_picture_shows_its_first_rows_and_says_so(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    long_prompt = "a very long prompt, " * 300  # 6,000 characters: clipped, quickly
+    with Ledger(tmp_path / "ledger.db", clock=clock) as ledger:
+        batch = add_batch(ledger, "tall", tmp_path / "videos")
+        jobs = [
+            NewJob(key=f"k{i:04d}", index=i + 1, prompt=f"{long_prompt} {i}", prompt_id=f"p{i}",
+                   model="doubao-seedance-2-0-fast")
+            for i in range(MAX_ROWS + 10)
+        ]  # fmt: skip
+        ledger.upsert_jobs(batch, jobs)
+        drive_all(ledger, clock, batch, {}, bytes_video(tmp_path / "videos"))
+        data = load_report(ledger, batch)
+    plan = sheet_layout(data)
+    assert len(plan.rows) == MAX_ROWS and len(plan.tiles) == MAX_ROWS
+    assert plan.footer.startswith("… 10 more rows")
+    sheet = render_sheet(data, base=tmp_path)
+    assert sheet.size == (plan.width, plan.height) and plan.height < 65_535
+
+
+def test_a_video_of_another_length_is_banded_with_its_length(
+    matrix_batch: ReportData, tmp_path: Path
+) -> None:
+    job = next(j for j in matrix_batch.jobs if j.state is JobState.DOWNLOADED)
+    asked = job.facts
+    assert asked is not None
+    odd = job._replace(
+        duration_s=3.0, normalised="asked 5 s, rendered 3.0 s (normalised by the API)"
+    )
+    band = sheet_band(odd)
+    assert band == f"rendered 3.0 s, asked {job.seconds} s"
+    resized = job._replace(width=1280, height=720, normalised="asked ..., rendered 1280x720")
+    assert sheet_band(resized) == "rendered 1280x720"
+    assert sheet_band(job) is None

@@ -161,10 +161,18 @@ async def test_an_undecodable_file_is_fetched_once_more_and_then_the_job_fails(
     assert [job.state for job in jobs] == [S.FAILED] * 5
     assert all(job.error_code == "undecodable" for job in jobs)
     assert all("not a playable video" in (job.error_message or "") for job in jobs)
-    assert all(job.bad_downloads == 1 and job.attempts == 1 for job in jobs)
+    assert all(job.bad_downloads == 2 and job.download_errors == 2 for job in jobs)
+    assert all(job.attempts == 1 and job.polls == stats["polls"][job.task_id] for job in jobs)
     assert stats["creates"] == 5 and stats["counters"]["corrupt_served"] == 10
     assert report.retries == {}  # failed, not re-created: the default retry policy
-    assert not list((tmp_path / "out").glob("*.mp4"))
+    assert not list((tmp_path / "out").glob("*.mp4"))  # nothing under a final name
+    # ... but the bytes paid for are kept, as fetched, beside where the video would be.
+    kept = sorted((tmp_path / "out").glob("*.mp4.undecodable"))
+    assert len(kept) == 5
+    assert all(f"kept as {path.name}" in (job.error_message or "") for job, path in zip(
+        sorted(jobs, key=lambda j: j.idx), kept, strict=True))  # fmt: skip
+    sizes = {task["size_bytes"] * 3 // 5 for task in stats["tasks"].values()}
+    assert {path.stat().st_size for path in kept} <= sizes
     assert any("does not decode" in failure for failure in report.failures)
 
 
@@ -184,6 +192,7 @@ async def test_a_bad_file_once_is_fetched_again_and_kept(tmp_path: Path) -> None
     assert bad.sha256 == stats["tasks"][bad.task_id]["sha256"]
     assert hashlib.sha256(Path(bad.file_path).read_bytes()).hexdigest() == bad.sha256
     assert bad.error_code is None and bad.attempts == 1
+    assert not list((tmp_path / "out").glob("*.undecodable"))  # the bad copy is gone
 
 
 async def test_without_probing_files_are_kept_as_they_came(tmp_path: Path) -> None:
