@@ -35,6 +35,8 @@ class ScaleResult:
     jobs: int = 0
     plan_s: list[float] = field(default_factory=list)
     plan_rss_mb: float = 0.0
+    csv_plan_s: list[float] = field(default_factory=list)
+    csv_plan_rss_mb: float = 0.0
     resume_s: list[float] = field(default_factory=list)
     status_s: list[float] = field(default_factory=list)
     report_csv_s: list[float] = field(default_factory=list)
@@ -48,6 +50,12 @@ def scale(tmp: Path, *, jobs: int, runs: int, progress: Progress = print) -> Sca
     progress(
         f"  scale: plan of {result.jobs:,} jobs {spread(result.plan_s)} s, "
         f"{result.plan_rss_mb:.0f} MB"
+    )
+    rows = bench_plan.measure(jobs, runs, csv=True)
+    result.csv_plan_s, result.csv_plan_rss_mb = rows["seconds"], rows["rss_mb"]
+    progress(
+        f"  scale: plan of a {jobs:,}-row CSV of prompts {spread(result.csv_plan_s)} s, "
+        f"{result.csv_plan_rss_mb:.0f} MB"
     )
     ledger = tmp / "scale.db"
     ledger_bench.build(ledger, jobs, BATCH)

@@ -13,8 +13,9 @@
    fifth), polls per job and wall time / ideal at 16 rendering, beside the docs'
    fixed 10 s loop; rate use with renders shorter than the docs' guess; CPU per
    job and seen-after of a 1,000- vs a 10,000-job batch;
-4. scale: 100,000-job plan (time, peak RSS), resume decision on a 100,000-job
-   ledger, ``status`` and ``report --format csv`` on it;
+4. scale: 100,000-job plan (time, peak RSS), the same from a 100,000-row CSV of
+   prompts, resume decision on a 100,000-job ledger, ``status`` and ``report
+   --format csv`` on it;
 5. recovery: restart to first request after ``kill -9`` with 10,000 tasks in flight;
 6. media: CPU per 720p 5 s video for probe + poster (a still clip and one with
    motion, beside decoding every frame of the first second), a 1,000-job run with
@@ -320,6 +321,14 @@ def main() -> None:
                     "—",
                     "< 300 MB",
                     fig4.plan_rss_mb < 300,
+                ),
+                Row(
+                    f"4 validate a {n}-row CSV of prompts (id, model, seconds, size, a "
+                    "template column each; fresh process)",
+                    f"{spread(fig4.csv_plan_s)} s, peak RSS {fig4.csv_plan_rss_mb:.0f} MB",
+                    "—",
+                    "< 2 s, < 300 MB",
+                    median(fig4.csv_plan_s) < 2 and fig4.csv_plan_rss_mb < 300,
                 ),
                 Row(
                     f"4 ledger of {sizes.scale_jobs:,} jobs: open + decide what is due",

@@ -14,6 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 from importlib import import_module
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -119,6 +120,39 @@ def _configure_logging(verbose: int, command: str | None) -> None:
 
         # None restores stamina's own logging hook; an empty list silences it.
         stamina.instrumentation.set_on_retry_hooks(None if verbose else ())
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path) -> None:
+    """Write a starter batch into DIRECTORY (default: here): manifest.yaml, whose
+    comments explain every field, and prompts.csv, a small prompt file.
+
+    Both validate as written, and `batchvid run DIRECTORY/manifest.yaml
+    --simulate` runs them (8 jobs). Existing files are never overwritten: if
+    either exists, nothing is written and the exit code is 2.
+    """
+    from ..manifest.starter import STARTER_FILES
+
+    targets = [directory / name for name in STARTER_FILES]
+    there = [str(t) for t in targets if t.exists() or t.is_symlink()]
+    if there:
+        raise click.UsageError(
+            f"{' and '.join(there)} already exist{'s' if len(there) == 1 else ''}: nothing "
+            "was written (init never overwrites; choose another directory)"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    for target, content in zip(targets, STARTER_FILES.values(), strict=True):
+        try:
+            with target.open("x", encoding="utf-8") as out:  # "x": fails if it appeared
+                out.write(content)
+        except OSError as exc:
+            raise click.UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    manifest = targets[0]
+    click.echo(f"wrote {' and '.join(str(t) for t in targets)}")
+    click.echo(f"next: batchvid plan {manifest}")
+    click.echo(f"      batchvid run {manifest} --simulate   (the built-in simulator)")
+    click.echo(f"      batchvid run {manifest}              (CometAPI: export COMETAPI_KEY)")
 
 
 @cli.command()

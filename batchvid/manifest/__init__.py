@@ -1,9 +1,11 @@
 """The manifest: a YAML file of prompts and settings, read into a validated plan of jobs.
 
 Owns: located YAML (``source``), the manifest's fields and their errors
-(``parse``), expansion into jobs with stable keys and per-combination checks
-against the model catalogue (``expand``), and the plan with its totals and cost
-estimate (``plan``).  Nothing here touches the network or the ledger.
+(``parse``, ``reader``), prompt files (CSV, TSV, JSON Lines, text) read into
+located rows (``prompt_files``), expansion into jobs with stable keys and
+per-combination checks against the model catalogue (``expand``), the plan with
+its totals and cost estimate (``plan``), and the starter batch ``batchvid
+init`` writes (``starter``).  Nothing here touches the network or the ledger.
 
 May import: the shared vocabulary (``batchvid.errors``, ``catalogue``,
 ``request``, ``text``) and PyYAML.  Nothing else in batchvid.

@@ -19,7 +19,7 @@ import hashlib
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -34,6 +34,8 @@ __all__ = ["MAX_JOBS", "Expansion", "JobSpec", "Merge", "check_combination", "ex
 MAX_JOBS: Final = 1_000_000
 KEY_VERSION: Final = "bv1"
 _TEMPLATE: Final = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_API_DEFAULTS: Final[Mapping[str, Any]] = catalogue.API_DEFAULTS
+_VARIABLE: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,11 @@ def check_combination(
 
 def _compile(text: str) -> tuple[list[str | None], list[str]]:
     """Split a prompt template into literal parts and variable slots (``None``)."""
+    if "{" not in text and "}" not in text:
+        return [text], []
+    if "{{" not in text and "}}" not in text:  # no escapes: split in one pass
+        pieces = _VARIABLE.split(text)  # literal, name, literal, name, ..., literal
+        return [None if n % 2 else p for n, p in enumerate(pieces)], pieces[1::2]
     parts: list[str | None] = []
     names: list[str] = []
     pos = 0
@@ -176,15 +183,22 @@ class _Expander:
     def __init__(self, manifest: Manifest) -> None:
         self.m = manifest
         self.issues: list[Issue] = []
-        self._reported: set[tuple[int, str, str]] = set()
+        self._reported: set[tuple[str, int, str, str]] = set()
+        self._manifest_axes = list(manifest.matrix)
 
-    def report(self, severity: str, line: int, path: str, message: str) -> None:
-        marker = (line, path, message)
+    def report(
+        self, severity: str, line: int, path: str, message: str, file: str | None = None
+    ) -> None:
+        """Report once at ``file:line`` (default file: the manifest)."""
+        where = file or self.m.file
+        marker = (where, line, path, message)
         if marker not in self._reported:
             self._reported.add(marker)
-            self.issues.append(Issue(self.m.file, line, path, message, severity))
+            self.issues.append(Issue(where, line, path, message, severity))
 
     def axes_for(self, entry: PromptEntry) -> list[Axis]:
+        if not entry.matrix:
+            return self._manifest_axes  # (shared: never changed)
         merged = {axis.name: axis for axis in self.m.matrix}
         merged.update({axis.name: axis for axis in entry.matrix})
         return list(merged.values())
@@ -210,19 +224,22 @@ class _Expander:
         merges: list[Merge] = []
         merged = 0
         for entry, axes in plans:
-            for key, take, *rest in self.expand_prompt(entry, axes):
+            for fields in self.expand_prompt(entry, axes):
+                key, take = fields[0], fields[1]
                 if key in by_key:
                     merged += 1
                     if len(merges) < 20:
-                        merges.append(Merge(entry.path, rest[-1], take, by_key[key]))
+                        merges.append(Merge(entry.path, fields[-1], take, by_key[key]))
                     continue
                 index = len(jobs) + 1
                 by_key[key] = index
-                jobs.append(JobSpec(key, index, take, *rest))
+                jobs.append(JobSpec(key, index, *fields[1:]))
         return Expansion(jobs, self.issues, merged, merges)
 
     def check_template_use(self, plans: list[tuple[PromptEntry, list[Axis]]]) -> None:
         """Warn about template axes no prompt uses: they only multiply identical jobs."""
+        if all(axis.api for axis in self.m.matrix):
+            return  # (nothing to check: no template axis)
         used: set[str] = set()
         for entry, _ in plans:
             used.update(_compile(entry.text)[1])
@@ -244,34 +261,20 @@ class _Expander:
         """Yield each job of one prompt as JobSpec's fields, less the index."""
         m = self.m
         parts, names = _compile(entry.text)
-        var_axes = {a.name for a in axes if not a.api}
-        missing = [n for n in names if n not in var_axes]
-        for name in dict.fromkeys(missing):
-            defined = ", ".join(sorted(var_axes)) or "none"
-            hint = suggest(name, var_axes)
-            if name in catalogue.API_FIELDS:
-                hint = f" (API fields like {name} are not template variables)"
-            self.report(
-                "error",
-                entry.line,
-                f"{entry.path}.prompt",
-                f"template variable {{{name}}} is not defined by any matrix key{hint}; "
-                f"defined: {defined}",
-            )
-        if missing:
+        if names and self.undefined_variables(entry, names, axes):
             return
         fill = _filler(parts, names)
         takes = range(1, (entry.repeat or m.repeat) + 1)
         axis_names = [a.name for a in axes]
-        for combo in itertools.product(*(a.values for a in axes)):
-            settings: dict[str, Setting] = dict(m.defaults)
-            variables: dict[str, str] = {}
+        combos = itertools.product(*(a.values for a in axes)) if axes else ((),)
+        for combo in combos:
+            settings: dict[str, Setting] = {**m.defaults, **entry.settings}
+            variables: dict[str, str] = dict(entry.variables)
             for name, setting in zip(axis_names, combo, strict=True):
-                if name in catalogue.API_FIELDS:
+                if name not in catalogue.API_FIELDS:
+                    variables.setdefault(name, setting.value)  # a file row's own columns win
+                elif name not in entry.settings:
                     settings[name] = setting
-                else:
-                    variables[name] = setting.value
-            settings.update(entry.settings)
             model_setting = settings.get("model")
             if model_setting is None:
                 if self.model_was_invalid(entry):
@@ -279,14 +282,18 @@ class _Expander:
                 self.report(
                     "error",
                     entry.line,
-                    f"{entry.path}.model",
+                    entry.field("model"),
                     "no model: set defaults.model, a matrix model list, or the prompt's model",
+                    entry.file,
                 )
                 return
             model = model_setting.value
-            seconds = _value(settings, "seconds")
-            size = _value(settings, "size")
-            resolution = _value(settings, "resolution")
+            get = settings.get
+            seconds = _API_DEFAULTS["seconds"] if (s := get("seconds")) is None else s.value
+            size = _API_DEFAULTS["size"] if (s := get("size")) is None else s.value
+            resolution = (
+                _API_DEFAULTS["resolution"] if (s := get("resolution")) is None else s.value
+            )
             refs: tuple[Reference, ...] = (
                 settings["input_reference"].value if "input_reference" in settings else ()
             )
@@ -294,10 +301,14 @@ class _Expander:
             if problems and self.blame(entry, settings, problems):
                 continue
             prompt = fill(variables)
-            axes_values = tuple(
-                (n, _axis_text(s.value)) for n, s in zip(axis_names, combo, strict=True)
+            axes_values = (
+                tuple((n, _axis_text(s.value)) for n, s in zip(axis_names, combo, strict=True))
+                if combo
+                else ()
             )
-            ref_hashes = [r.sha256 for r in refs]
+            if entry.variables:  # a file row's template values, the ones its prompt uses
+                axes_values += tuple((n, v) for n, v in entry.variables.items() if n in names)
+            ref_hashes = [r.sha256 for r in refs] if refs else ()
             for take in takes:
                 key = job_key(prompt, model, seconds, size, resolution, ref_hashes, take)
                 yield (
@@ -313,6 +324,25 @@ class _Expander:
                     refs,
                     axes_values,
                 )
+
+    def undefined_variables(self, entry: PromptEntry, names: list[str], axes: list[Axis]) -> bool:
+        """Report each ``{name}`` of the prompt that nothing defines; whether there was one."""
+        defined = entry.variables.keys() | {a.name for a in axes if not a.api}
+        missing = [n for n in names if n not in defined]
+        for name in dict.fromkeys(missing):
+            hint = suggest(name, defined)
+            if name in catalogue.API_FIELDS:
+                hint = f" (API fields like {name} are not template variables)"
+            source = "matrix key or column" if entry.file else "matrix key"
+            self.report(
+                "error",
+                entry.line,
+                entry.field("prompt"),
+                f"template variable {{{name}}} is not defined by any {source}{hint}; "
+                f"defined: {', '.join(sorted(defined)) or 'none'}",
+                entry.file,
+            )
+        return bool(missing)
 
     def model_was_invalid(self, entry: PromptEntry) -> bool:
         """Whether a model was written somewhere for this prompt but failed to parse."""
@@ -333,23 +363,18 @@ class _Expander:
     ) -> bool:
         """Report each problem at the line of the value to blame; True if any is an error."""
         fatal = False
+        own_model = "model" in entry.settings or any(a.name == "model" for a in entry.matrix)
         for severity, field_name, message in problems:
             setting = settings.get(field_name)
-            if setting is not None:
-                line, path = setting.line, setting.path
+            if setting is not None:  # (line 0: a prompt file's value, on the row's line)
+                line, path, file = setting.line or entry.line, setting.path, setting.file
             else:  # an API default: blame the prompt
-                line, path = entry.line, f"{entry.path}.{field_name}"
-            model_path = settings["model"].path if "model" in settings else entry.path
-            if field_name != "model" and not model_path.startswith(entry.path):
+                line, path, file = entry.line, entry.field(field_name), entry.file
+            if field_name != "model" and not own_model and "model" in settings:
                 message += f" (model from {settings['model'].path})"
-            self.report(severity, line, path, message)
+            self.report(severity, line, path, message, file)
             fatal = fatal or severity == "error"
         return fatal
-
-
-def _value(settings: dict[str, Setting], name: str) -> Any:
-    setting = settings.get(name)
-    return catalogue.API_DEFAULTS[name] if setting is None else setting.value
 
 
 def _axis_text(value: object) -> str:
@@ -365,7 +390,7 @@ def _filler(parts: list[str | None], names: list[str]) -> Callable[[dict[str, st
 
     def fill(variables: dict[str, str]) -> str:
         slots = iter(names)
-        return "".join(p if p is not None else variables[next(slots)] for p in parts).strip()
+        return "".join([p if p is not None else variables[next(slots)] for p in parts]).strip()
 
     return fill
 

@@ -102,11 +102,13 @@ class Reference:
 
 @dataclass(frozen=True, slots=True)
 class Setting:
-    """One API field value and where it was written (for error messages)."""
+    """One API field value and where it was written (for error messages): ``file`` is
+    the prompt file it came from (``None``: the manifest)."""
 
     value: Any
     line: int
     path: str
+    file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,9 @@ class Axis:
 
 @dataclass(frozen=True, slots=True)
 class PromptEntry:
-    """One item of ``prompts``: its text, overrides, own matrix axes and takes."""
+    """One item of ``prompts``, or one row of a prompt file (``file``: its display name):
+    its text, overrides, own matrix axes, template values (a file's other columns) and
+    takes."""
 
     position: int
     text: str
@@ -134,10 +138,17 @@ class PromptEntry:
     settings: dict[str, Setting] = field(default_factory=dict)
     matrix: tuple[Axis, ...] = ()
     repeat: int | None = None
+    file: str | None = None
+    variables: dict[str, str] = field(default_factory=dict)
 
     @property
     def path(self) -> str:
-        return f"prompts[{self.position}]"
+        """Where it is, for people: ``prompts[2]``, or ``prompts.csv:17`` for a file row."""
+        return f"{self.file}:{self.line}" if self.file else f"prompts[{self.position}]"
+
+    def field(self, name: str) -> str:
+        """The path of one of its fields in an issue (a file row's: just the column)."""
+        return name if self.file else f"prompts[{self.position}].{name}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,13 @@ that need a whole job (a seconds value against *its* model) belong to
 from __future__ import annotations
 
 import difflib
+import hashlib
 from pathlib import Path
 from typing import Any
 
 from .. import catalogue
 from ..errors import Issue
+from . import prompt_files
 from . import source as nodes
 from .model import (
     BATCH_NAME,
@@ -174,29 +176,61 @@ class _Parser(FieldReader):
         return prices
 
     def prompts(self, node: Node) -> list[PromptEntry]:
+        if isinstance(node, nodes.MappingNode) and _is_file_ref(node):
+            node = nodes.SequenceNode("tag:yaml.org,2002:seq", [node], start_mark=node.start_mark)
         if not isinstance(node, nodes.SequenceNode):
-            self.error(node, "prompts", f"must be a list of prompts, not {nodes.kind(node)}")
+            self.error(
+                node,
+                "prompts",
+                f"must be a list of prompts (or {{file: prompts.csv}}), not {nodes.kind(node)}",
+            )
             return []
         if not node.value:
             self.error(node, "prompts", "must list at least one prompt")
             return []
         entries: list[PromptEntry] = []
-        ids: dict[str, int] = {}
+        ids: dict[str, str] = {}
         for position, item in enumerate(node.value):
-            entry = self.prompt(position, item)
-            if entry is None:
-                continue
-            if entry.id is not None:
-                if entry.id in ids:
-                    self.error(
+            if isinstance(item, nodes.MappingNode) and _is_file_ref(item):
+                found = self.prompt_file(item, position)
+            else:
+                entry = self.prompt(position, item)
+                found = [] if entry is None else [entry]
+            for entry in found:
+                if entry.id is not None and entry.id in ids:
+                    self.error_at(
+                        entry.file or self.file,
                         entry.line,
-                        f"prompts[{position}].id",
-                        f"duplicate prompt id {entry.id!r} (also prompts[{ids[entry.id]}])",
+                        entry.field("id"),
+                        f"duplicate prompt id {entry.id!r} (also {ids[entry.id]})",
                     )
                     continue
-                ids[entry.id] = position
-            entries.append(entry)
+                if entry.id is not None:
+                    ids[entry.id] = entry.path
+                entries.append(entry)
         return entries
+
+    def prompt_file(self, node: nodes.MappingNode, position: int) -> list[PromptEntry]:
+        """``{file: prompts.csv}``: every row of the file (see :mod:`.prompt_files`)."""
+        path = f"prompts[{position}]"
+        items = self.items(node, path)
+        for key, key_node, _ in items:
+            if key != "file":
+                message = "a prompt file reference takes only `file:`; set fields per column"
+                self.error(key_node, f"{path}.{key}", message)
+        written = self.text(items[0][2], f"{path}.file", "a prompt file path")
+        if written is None:
+            return []
+        target = self.base / Path(written).expanduser()
+        name = str(Path(self.file).parent / written)
+        rows, problems = prompt_files.read_rows(target, name)
+        if problems:  # every row that could be read is still checked, for every error at once
+            self.issues.extend(_located(problems, nodes.line_of(node), self.file, path))
+            self.m.invalid.add(path)
+        if not rows:
+            return []
+        self.m.sha256 = _with_file(self.m.sha256, target)
+        return prompt_files.row_entries(self, rows, name, position)
 
     def prompt(self, position: int, node: Node) -> PromptEntry | None:
         path = f"prompts[{position}]"
@@ -238,6 +272,27 @@ class _Parser(FieldReader):
         return PromptEntry(
             position, text, nodes.line_of(fields["prompt"]), prompt_id, settings, axes, repeat
         )
+
+
+def _is_file_ref(node: nodes.MappingNode) -> bool:
+    return any(
+        isinstance(k, nodes.ScalarNode) and k.value == "file" for k, _ in node.value
+    ) and not any(isinstance(k, nodes.ScalarNode) and k.value == "prompt" for k, _ in node.value)
+
+
+def _located(problems: list[Issue], line: int, manifest: str, path: str) -> list[Issue]:
+    """A prompt file's problems; those of the whole file (line 0) point at the manifest's
+    ``file:`` line too, so the reference itself can be found."""
+    return [
+        Issue(manifest, line, f"{path}.file", f"{p.file}: {p.message}") if not p.line else p
+        for p in problems
+    ]
+
+
+def _with_file(digest: str, path: Path) -> str:
+    """The manifest's fingerprint, folding in a prompt file's bytes (an edited
+    spreadsheet is an edited batch)."""
+    return hashlib.sha256(digest.encode() + hashlib.sha256(path.read_bytes()).digest()).hexdigest()
 
 
 def parse_manifest(source: Source) -> tuple[Manifest, list[Issue]]:

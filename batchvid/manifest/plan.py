@@ -8,7 +8,10 @@ issue found, so nothing is ever submitted from a manifest with an error.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +195,19 @@ def batch_name_of(path: str | Path) -> str | None:
     return manifest.batch or None
 
 
+@contextmanager
+def _collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a plan is built: it only allocates (none of it
+    is garbage yet), and collecting every few hundred objects costs a sixth of the time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_plan(path: str | Path, *, display: str | None = None) -> Plan:
     """Read, parse, expand and prevalidate the manifest at ``path``.
 
@@ -202,14 +218,15 @@ def load_plan(path: str | Path, *, display: str | None = None) -> Plan:
     source, issues = read_source(path, display)
     if source is None:
         raise ManifestError(issues)
-    manifest, issues = parse_manifest(source)
-    expansion = expand(manifest)
+    with _collection_paused():  # a 100,000-row prompt file makes 100,000s of objects
+        manifest, issues = parse_manifest(source)
+        expansion = expand(manifest)
     issues.extend(expansion.issues)
     totals = _totals(manifest, expansion)
     issues.extend(_budget_issues(manifest, totals))
     if manifest.prompts and not expansion.jobs and not any(i.severity == "error" for i in issues):
         issues.append(Issue(manifest.file, 1, "prompts", "the manifest expands to no jobs"))
-    issues.sort(key=lambda i: (i.line, i.severity != "error"))
+    issues.sort(key=lambda i: (i.file != manifest.file, i.file, i.line, i.severity != "error"))
     if any(i.severity == "error" for i in issues):
         raise ManifestError(issues)
     return Plan(manifest, expansion.jobs, totals, issues, expansion.merged_examples)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -45,6 +45,16 @@ from .source import (
 
 __all__ = ["FieldReader"]
 
+_STR = "tag:yaml.org,2002:str"
+_SEQ = "tag:yaml.org,2002:seq"
+_RESOLVER = yaml.resolver.Resolver()
+
+
+class _Refused(NamedTuple):
+    """A cell value :meth:`FieldReader.cell_setting` refused: ``(path, message)`` each."""
+
+    problems: list[tuple[str, str]]
+
 
 class FieldReader:
     """Reads typed values off located nodes; every problem goes to ``issues``."""
@@ -54,12 +64,58 @@ class FieldReader:
         self.base = source.path.parent
         self.issues: list[Issue] = []
         self._refs: dict[Path, Reference | str] = {}
+        self._cells: dict[tuple[str, str, str], Setting | _Refused] = {}
         self.m = Manifest(source.path, source.name, hashlib.sha256(source.data).hexdigest())
 
     def error(self, node: Node | int, path: str, message: str) -> None:
         line = node if isinstance(node, int) else line_of(node)
         self.issues.append(Issue(self.file, line, path, message))
         self.m.invalid.add(path)
+
+    def error_at(self, file: str, line: int, path: str, message: str) -> None:
+        """An error in another file than the manifest (a prompt file's row)."""
+        self.issues.append(Issue(file, line, path, message))
+
+    def cell_setting(self, key: str, value: Any, file: str, line: int) -> Setting | None:
+        """One API field from a prompt file's cell, checked as :meth:`setting` checks the
+        manifest's (once per distinct value: a file repeats its values row after row).
+
+        The :class:`Setting` is shared by every row with that value, so its ``line``
+        is 0: "the line of the row it is in" (see ``expand``'s ``blame``).
+        """
+        marker = (key, value if isinstance(value, str) else repr(value), file)
+        checked = self._cells.get(marker)
+        if checked is None:
+            found = self._check_cell(key, value, file, line)
+            checked = found if isinstance(found, _Refused) else Setting(found, 0, key, file)
+            self._cells[marker] = checked
+        if isinstance(checked, _Refused):
+            self.issues.extend(Issue(file, line, path, msg) for path, msg in checked.problems)
+            return None
+        return checked
+
+    def _check_cell(self, key: str, value: Any, file: str, line: int) -> Any:
+        mark = yaml.Mark(file, 0, line - 1, 0, None, 0)
+        if key == "input_reference" and isinstance(value, str) and ";" in value:
+            value = [part.strip() for part in value.split(";") if part.strip()]
+        node: Node
+        if isinstance(value, list):
+            items = [ScalarNode(_STR, str(v), start_mark=mark) for v in value]
+            node = SequenceNode(_SEQ, items, start_mark=mark)
+        else:
+            text = str(value).strip()
+            tag = _STR
+            if key == "seconds":  # 12 is a number, as it would be in YAML
+                tag = _RESOLVER.resolve(ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+            node = ScalarNode(tag, text, start_mark=mark)
+        issues, self.issues = self.issues, []
+        invalid = set(self.m.invalid)
+        try:
+            setting = self.setting(key, node, key)
+            problems = [(i.path, i.message) for i in self.issues]
+        finally:
+            self.issues, self.m.invalid = issues, invalid
+        return _Refused(problems) if setting is None else setting.value
 
     def warn(self, node: Node | int, path: str, message: str) -> None:
         line = node if isinstance(node, int) else line_of(node)
