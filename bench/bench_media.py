@@ -181,7 +181,8 @@ def time_to_pictures(tmp: Path, videos: int, progress: Progress) -> Media:
         return result
     with_posters, old_way, result.gallery_videos = gallery_pages(tmp, videos)
     with headless_chromium(exe, tmp) as browser:
-        with open_page(browser, with_posters.as_uri()) as page:
+        ready = "Page.domContentEventFired"  # (videos loading metadata hold "load" back)
+        with open_page(browser, with_posters.as_uri(), until=ready) as page:
             start = next(
                 e["params"]["timestamp"] for e in page.events
                 if e.get("method") == "Network.requestWillBeSent"
@@ -192,7 +193,7 @@ def time_to_pictures(tmp: Path, videos: int, progress: Progress) -> Media:
             finished = _poster_loads(page, posters, start)
             result.posters_shown = len(finished)
             result.posters_s = max(finished.values()) if len(finished) == len(posters) else None
-        with open_page(browser, old_way.as_uri()) as page:
+        with open_page(browser, old_way.as_uri(), until=ready) as page:
             seconds, shown = page.evaluate(FIRST_FRAMES % (WAIT_S * 1000))
             result.metadata_shown = shown
             result.metadata_s = seconds if shown == result.gallery_videos else None

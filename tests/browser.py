@@ -92,8 +92,9 @@ def _lines(path: Path) -> list[str]:
 
 
 @contextmanager
-def open_page(browser_ws: str, url: str) -> Iterator[Cdp]:
-    """A new tab, recording network requests, navigated to ``url`` and loaded."""
+def open_page(browser_ws: str, url: str, *, until: str = "Page.loadEventFired") -> Iterator[Cdp]:
+    """A new tab, recording network requests, navigated to ``url`` and loaded (``until``:
+    ``Page.domContentEventFired`` for a page whose videos hold its load event back)."""
     with Cdp.connect(browser_ws) as root:
         target = root.call("Target.createTarget", url="about:blank")["targetId"]
     port = browser_ws.split(":")[2].split("/")[0]
@@ -101,7 +102,7 @@ def open_page(browser_ws: str, url: str) -> Iterator[Cdp]:
         page.call("Page.enable")
         page.call("Network.enable")
         page.call("Page.navigate", url=url)
-        page.wait_for("Page.loadEventFired")
+        page.wait_for(until)
         yield page
 
 

@@ -141,13 +141,18 @@ def init(directory: Path) -> None:
             f"{' and '.join(there)} already exist{'s' if len(there) == 1 else ''}: nothing "
             "was written (init never overwrites; choose another directory)"
         )
-    directory.mkdir(parents=True, exist_ok=True)
-    for target, content in zip(targets, STARTER_FILES.values(), strict=True):
-        try:
+    written: list[Path] = []
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for target, content in zip(targets, STARTER_FILES.values(), strict=True):
             with target.open("x", encoding="utf-8") as out:  # "x": fails if it appeared
+                written.append(target)
                 out.write(content)
-        except OSError as exc:
-            raise click.UsageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    except OSError as exc:
+        for path in written:  # all or nothing
+            path.unlink(missing_ok=True)
+        where = exc.filename or directory
+        raise click.UsageError(f"cannot write {where}: {exc.strerror or exc}") from exc
     manifest = targets[0]
     click.echo(f"wrote {' and '.join(str(t) for t in targets)}")
     click.echo(f"next: batchvid plan {manifest}")

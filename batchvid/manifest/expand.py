@@ -19,8 +19,9 @@ import hashlib
 import itertools
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Final
 
@@ -32,6 +33,8 @@ __all__ = ["MAX_JOBS", "Expansion", "JobSpec", "Merge", "check_combination", "ex
 
 #: Refuse manifests that expand beyond this: a typo in a matrix should not eat the machine.
 MAX_JOBS: Final = 1_000_000
+#: Problems reported per prompt file while expanding, before the rest are only counted.
+MAX_REPORTED_PER_FILE: Final = 200
 KEY_VERSION: Final = "bv1"
 _TEMPLATE: Final = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _API_DEFAULTS: Final[Mapping[str, Any]] = catalogue.API_DEFAULTS
@@ -185,6 +188,8 @@ class _Expander:
         self.issues: list[Issue] = []
         self._reported: set[tuple[str, int, str, str]] = set()
         self._manifest_axes = list(manifest.matrix)
+        self._per_file: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
 
     def report(
         self, severity: str, line: int, path: str, message: str, file: str | None = None
@@ -192,11 +197,21 @@ class _Expander:
         """Report once at ``file:line`` (default file: the manifest)."""
         where = file or self.m.file
         marker = (where, line, path, message)
-        if marker not in self._reported:
-            self._reported.add(marker)
-            self.issues.append(Issue(where, line, path, message, severity))
+        if marker in self._reported:
+            return
+        self._reported.add(marker)
+        if file is not None and self._per_file[file] >= MAX_REPORTED_PER_FILE:
+            self._dropped[file] += 1  # a sheet with one bad column: not 100,000 lines
+            return
+        self._per_file[where] += 1
+        self.issues.append(Issue(where, line, path, message, severity))
 
     def axes_for(self, entry: PromptEntry) -> list[Axis]:
+        """The matrix a prompt expands over: the manifest's, with the prompt's own axes
+        replacing or adding to it; a file row's own column replaces the axis it names."""
+        if entry.variables and any(a.name in entry.variables for a in self._manifest_axes):
+            return [a for a in self.axes_for(replace(entry, variables={})) if a.name not in
+                    entry.variables]  # fmt: skip
         if not entry.matrix:
             return self._manifest_axes  # (shared: never changed)
         merged = {axis.name: axis for axis in self.m.matrix}
@@ -234,6 +249,8 @@ class _Expander:
                 index = len(jobs) + 1
                 by_key[key] = index
                 jobs.append(JobSpec(key, index, *fields[1:]))
+        for file, more in self._dropped.items():
+            self.issues.append(Issue(file, 0, "", f"... and {more} more problems in its rows"))
         return Expansion(jobs, self.issues, merged, merges)
 
     def check_template_use(self, plans: list[tuple[PromptEntry, list[Axis]]]) -> None:
@@ -261,7 +278,8 @@ class _Expander:
         """Yield each job of one prompt as JobSpec's fields, less the index."""
         m = self.m
         parts, names = _compile(entry.text)
-        if names and self.undefined_variables(entry, names, axes):
+        defined_here = all(n in entry.variables for n in names)  # (a file row: usually)
+        if not defined_here and self.undefined_variables(entry, names, axes):
             return
         fill = _filler(parts, names)
         takes = range(1, (entry.repeat or m.repeat) + 1)
@@ -333,7 +351,7 @@ class _Expander:
             hint = suggest(name, defined)
             if name in catalogue.API_FIELDS:
                 hint = f" (API fields like {name} are not template variables)"
-            source = "matrix key or column" if entry.file else "matrix key"
+            source = "matrix key or column (or its cell is empty)" if entry.file else "matrix key"
             self.report(
                 "error",
                 entry.line,

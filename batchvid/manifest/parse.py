@@ -213,24 +213,29 @@ class _Parser(FieldReader):
     def prompt_file(self, node: nodes.MappingNode, position: int) -> list[PromptEntry]:
         """``{file: prompts.csv}``: every row of the file (see :mod:`.prompt_files`)."""
         path = f"prompts[{position}]"
-        items = self.items(node, path)
-        for key, key_node, _ in items:
-            if key != "file":
+        written: str | None = None
+        for key, key_node, value in self.items(node, path):
+            if key == "file":
+                written = self.text(value, f"{path}.file", "a prompt file path")
+            else:
                 message = "a prompt file reference takes only `file:`; set fields per column"
                 self.error(key_node, f"{path}.{key}", message)
-        written = self.text(items[0][2], f"{path}.file", "a prompt file path")
         if written is None:
             return []
-        target = self.base / Path(written).expanduser()
-        name = str(Path(self.file).parent / written)
-        rows, problems = prompt_files.read_rows(target, name)
-        if problems:  # every row that could be read is still checked, for every error at once
-            self.issues.extend(_located(problems, nodes.line_of(node), self.file, path))
-            self.m.invalid.add(path)
-        if not rows:
+        try:
+            target = self.base / Path(written).expanduser()
+        except (RuntimeError, ValueError) as exc:  # ~nosuchuser/..., a NUL in the path
+            self.error(node, f"{path}.file", f"cannot use the path {written!r}: {exc}")
             return []
-        self.m.sha256 = _with_file(self.m.sha256, target)
-        return prompt_files.row_entries(self, rows, name, position)
+        name = str(Path(self.file).parent / written)
+        found = prompt_files.read_rows(target, name)
+        if found.issues:  # every row that could be read is still checked: every error at once
+            self.issues.extend(_located(found.issues, nodes.line_of(node), self.file, path))
+            self.m.invalid.add(path)
+        if not found.rows:
+            return []
+        self.m.sha256 = _with_file(self.m.sha256, found.sha256)
+        return prompt_files.row_entries(self, found.rows, name, position)
 
     def prompt(self, position: int, node: Node) -> PromptEntry | None:
         path = f"prompts[{position}]"
@@ -289,10 +294,10 @@ def _located(problems: list[Issue], line: int, manifest: str, path: str) -> list
     ]
 
 
-def _with_file(digest: str, path: Path) -> str:
-    """The manifest's fingerprint, folding in a prompt file's bytes (an edited
-    spreadsheet is an edited batch)."""
-    return hashlib.sha256(digest.encode() + hashlib.sha256(path.read_bytes()).digest()).hexdigest()
+def _with_file(digest: str, file_sha256: str) -> str:
+    """The manifest's fingerprint, folding in a prompt file's (an edited spreadsheet is
+    an edited batch)."""
+    return hashlib.sha256(f"{digest}:{file_sha256}".encode()).hexdigest()
 
 
 def parse_manifest(source: Source) -> tuple[Manifest, list[Issue]]:

@@ -18,9 +18,9 @@ from typing import Any
 
 from ..errors import Issue, ManifestError
 from .expand import Expansion, JobSpec, Merge, expand
-from .model import Manifest
+from .model import BATCH_NAME, Manifest
 from .parse import parse_manifest
-from .source import read_source
+from .source import MappingNode, ScalarNode, read_source
 
 __all__ = ["ModelTotals", "Plan", "Totals", "batch_name_of", "load_plan", "price_per_second"]
 
@@ -189,10 +189,13 @@ def _budget_issues(manifest: Manifest, totals: Totals) -> list[Issue]:
 def batch_name_of(path: str | Path) -> str | None:
     """The ``batch:`` a manifest names, even when the rest of it does not validate."""
     source, _ = read_source(Path(path))
-    if source is None:
+    if source is None or not isinstance(source.root, MappingNode):
         return None
-    manifest, _ = parse_manifest(source)
-    return manifest.batch or None
+    for key, value in source.root.value:  # the one key: never the prompts, nor their files
+        if isinstance(key, ScalarNode) and key.value == "batch" and isinstance(value, ScalarNode):
+            name = str(value.value).strip()
+            return name if BATCH_NAME.match(name) else None
+    return None
 
 
 @contextmanager

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from ..errors import Issue
 from .model import MAX_REPEAT, SETTING_KEYS, VAR_NAME, PromptEntry, Setting
@@ -39,6 +40,7 @@ __all__ = [
     "FORMATS",
     "MAX_PROMPT_FILE_BYTES",
     "ROW_FIELDS",
+    "PromptFile",
     "Row",
     "read_rows",
     "row_entries",
@@ -102,34 +104,50 @@ class _Problems:
         return self.issues
 
 
-def read_rows(path: Path, name: str) -> tuple[list[Row], list[Issue]]:
+class PromptFile(NamedTuple):
+    """A prompt file read: its rows, every problem found, and the sha256 of its bytes
+    (``""`` when it could not be read)."""
+
+    rows: list[Row]
+    issues: list[Issue]
+    sha256: str
+
+
+def read_rows(path: Path, name: str) -> PromptFile:
     """The rows of the prompt file at ``path`` (shown as ``name`` in messages)."""
     problems = _Problems(name)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         known = ", ".join(sorted(FORMATS))
         problems.add(0, "", f"not a prompt file format this reads (by its suffix: {known})")
-        return [], problems.done()
-    text = _text_of(path, problems)
-    if text is None:
-        return [], problems.done()
+        return PromptFile([], problems.done(), "")
+    data = _bytes_of(path, problems)
+    text = None if data is None else _text_of(data, problems)
+    if data is None or text is None:
+        return PromptFile([], problems.done(), "")
     if fmt == "jsonl":
         rows = list(_jsonl_rows(text, problems))
     elif fmt == "text":
         rows = [
             Row(n, _PROMPT_ONLY, (line.strip(),))
-            for n, line in enumerate(text.splitlines(), 1)
+            for n, line in enumerate(_lines(text), 1)
             if line.strip() and not line.lstrip().startswith("#")
         ]
     else:
         rows = _table_rows(text, "\t" if fmt == "tsv" else ",", problems)
     if not rows and not problems.issues:
         problems.add(1, "", "no prompts in the file")
-    return rows, problems.done()
+    return PromptFile(rows, problems.done(), hashlib.sha256(data).hexdigest())
 
 
-def _text_of(path: Path, problems: _Problems) -> str | None:
-    """The file as text (UTF-8, a byte-order mark dropped), or ``None`` with the reason."""
+def _lines(text: str) -> list[str]:
+    """Lines split on line feeds only (as a CSV reader does; ``str.splitlines`` would
+    also split on U+2028 and the like, which JSON may hold unescaped)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _bytes_of(path: Path, problems: _Problems) -> bytes | None:
+    """The file's bytes, or ``None`` with the reason."""
     try:
         size = path.stat().st_size
         if size > MAX_PROMPT_FILE_BYTES:
@@ -140,16 +158,18 @@ def _text_of(path: Path, problems: _Problems) -> str | None:
                 f"{MAX_PROMPT_FILE_BYTES // 2**20} MiB: split it into several files",
             )
             return None
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         problems.add(0, "", f"prompt file not found (looked for {path})")
-        return None
     except IsADirectoryError:
         problems.add(0, "", "is a directory, not a prompt file")
-        return None
     except OSError as exc:
         problems.add(0, "", f"cannot read the prompt file: {exc.strerror or exc}")
-        return None
+    return None
+
+
+def _text_of(data: bytes, problems: _Problems) -> str | None:
+    """The bytes as text (UTF-8, a byte-order mark dropped), or ``None`` with the reason."""
     if data.startswith(_UTF16_BOMS):
         problems.add(1, "", "is UTF-16 text; save it as UTF-8 (in a spreadsheet: CSV UTF-8)")
         return None
@@ -174,6 +194,9 @@ def _text_of(path: Path, problems: _Problems) -> str | None:
 
 def _table_rows(text: str, delimiter: str, problems: _Problems) -> list[Row]:
     """CSV or TSV: the header row names the columns; empty rows are skipped."""
+    # A quote left open swallows the rest of the file as one cell: let it reach the end
+    # (and be reported as an open quote), not trip the 128 KiB default cell limit.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_PROMPT_FILE_BYTES))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     header: tuple[str, ...] | None = None
     rows: list[Row] = []
@@ -194,7 +217,7 @@ def _table_rows(text: str, delimiter: str, problems: _Problems) -> list[Row]:
                     line, "", f"has {len(record)} cells; the header has {len(header)} columns"
                 )
                 continue
-            rows.append(Row(line, header, [cell.strip() for cell in record]))
+            rows.append(Row(line, header, list(map(str.strip, record))))
     except csv.Error as exc:
         if "unexpected end of data" in str(exc) or "EOF" in str(exc):
             problems.add(start, "", "a quote opened in this row is never closed")
@@ -224,7 +247,7 @@ def _header(record: list[str], line: int, problems: _Problems) -> list[str] | No
             problems.add(line, name, f"column {name!r} appears twice (columns {seen[name]} and "
                          f"{number})")  # fmt: skip
             ok = False
-        elif name not in ROW_FIELDS:
+        elif name not in ROW_FIELDS and not _variant(name):
             near = difflib.get_close_matches(name.lower(), ROW_FIELDS, n=1, cutoff=0.75)
             if near:
                 problems.add(line, name, f"unknown column (did you mean `{near[0]}`?); other "
@@ -239,14 +262,33 @@ def _header(record: list[str], line: int, problems: _Problems) -> list[str] | No
     return names if ok else None
 
 
+def _variant(name: str) -> bool:
+    """``prompt_en``, ``id_old``: a field's name with a suffix is a template variable of
+    its own, not a misspelt field."""
+    head, _, tail = name.partition("_")
+    return bool(tail) and head.lower() in ROW_FIELDS
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise ValueError(f"the key {twice!r} appears twice")
+    return dict(pairs)
+
+
 def _jsonl_rows(text: str, problems: _Problems) -> Iterator[Row]:
     """One JSON object per line; blank lines are skipped."""
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_lines(text), 1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
-        except ValueError as exc:
+            value = json.loads(line, object_pairs_hook=_pairs)
+            json.dumps(value, ensure_ascii=False).encode("utf-8")  # no lone surrogates
+        except UnicodeEncodeError:
+            problems.add(number, "", "holds text that is not valid Unicode (a lone \\uD8xx)")
+            continue
+        except (ValueError, RecursionError) as exc:
             problems.add(number, "", f"not valid JSON: {exc}")
             continue
         if not isinstance(value, dict):
@@ -268,7 +310,12 @@ def row_entries(
     located in the file.  A row with a problem is left out."""
     entries = []
     roles: dict[tuple[str, ...], _Roles] = {}  # a CSV has one set of columns: worked out once
+    before = len(reader.issues)
     for row in rows:
+        if len(reader.issues) - before >= MAX_ISSUES:
+            more = f"... the rows from here on were not checked: fix these {MAX_ISSUES} first"
+            reader.error_at(name, row.line, "", more)
+            break
         role = roles.get(row.columns) or roles.setdefault(row.columns, _Roles.of(row.columns))
         entry = _entry(reader, row, name, position, role)
         if entry is not None:
@@ -352,8 +399,9 @@ def _text(reader: FieldReader, row: Row, name: str, key: str, at: int | None) ->
 def _whole(reader: FieldReader, row: Row, name: str, key: str, value: Any, high: int) -> int | None:
     low = 1
     number = value if isinstance(value, int) and not isinstance(value, bool) else None
-    if number is None and isinstance(value, str) and value.strip().isdigit():
-        number = int(value.strip())
+    text = value.strip() if isinstance(value, str) else ""
+    if number is None and text.isascii() and text.isdecimal() and len(text) < 10:
+        number = int(text)
     if number is None or not low <= number <= high:
         reader.error_at(name, row.line, key, f"must be a whole number from {low} to {high}, "
                         f"not {value!r}")  # fmt: skip

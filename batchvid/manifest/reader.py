@@ -17,6 +17,7 @@ import yaml
 from .. import catalogue
 from ..errors import Issue
 from ..request import image_type
+from ..text import clip
 from .model import (
     DURATION,
     DURATION_UNITS,
@@ -47,7 +48,7 @@ __all__ = ["FieldReader"]
 
 _STR = "tag:yaml.org,2002:str"
 _SEQ = "tag:yaml.org,2002:seq"
-_RESOLVER = yaml.resolver.Resolver()
+_INT = "tag:yaml.org,2002:int"
 
 
 class _Refused(NamedTuple):
@@ -78,11 +79,8 @@ class FieldReader:
 
     def cell_setting(self, key: str, value: Any, file: str, line: int) -> Setting | None:
         """One API field from a prompt file's cell, checked as :meth:`setting` checks the
-        manifest's (once per distinct value: a file repeats its values row after row).
-
-        The :class:`Setting` is shared by every row with that value, so its ``line``
-        is 0: "the line of the row it is in" (see ``expand``'s ``blame``).
-        """
+        manifest's, once per distinct value; the :class:`Setting` is shared by every row
+        with that value, so its ``line`` is 0: "the row's own line" (``expand.blame``)."""
         marker = (key, value if isinstance(value, str) else repr(value), file)
         checked = self._cells.get(marker)
         if checked is None:
@@ -100,13 +98,15 @@ class FieldReader:
             value = [part.strip() for part in value.split(";") if part.strip()]
         node: Node
         if isinstance(value, list):
-            items = [ScalarNode(_STR, str(v), start_mark=mark) for v in value]
+            if not all(isinstance(v, str) for v in value):
+                return _Refused([(key, "must be a list of image paths (text)")])
+            items = [ScalarNode(_STR, v, start_mark=mark) for v in value]
             node = SequenceNode(_SEQ, items, start_mark=mark)
         else:
             text = str(value).strip()
             tag = _STR
-            if key == "seconds":  # 12 is a number, as it would be in YAML
-                tag = _RESOLVER.resolve(ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+            if key == "seconds" and text.isascii() and text.isdecimal() and len(text) < 10:
+                text, tag = str(int(text)), _INT  # a cell's 08 is 8 (not YAML's octal)
             node = ScalarNode(tag, text, start_mark=mark)
         issues, self.issues = self.issues, []
         invalid = set(self.m.invalid)
@@ -135,6 +135,9 @@ class FieldReader:
             return True, scalar_value(node)
         except yaml.YAMLError as exc:
             self.error(node, path, f"unsupported YAML value ({getattr(exc, 'problem', exc)})")
+            return False, None
+        except (ValueError, OverflowError) as exc:  # 2024-13-45 read as a date, 5,000 digits
+            self.error(node, path, f"unsupported value {clip(str(node.value), 40)!r} ({exc})")
             return False, None
 
     def text(self, node: Node, path: str, what: str) -> str | None:
@@ -288,7 +291,10 @@ class FieldReader:
 
     def reference(self, name: str) -> Reference | str:
         """Check a reference image by content; the problem as text if it is unusable."""
-        path = (self.base / Path(name).expanduser()).resolve()
+        try:
+            path = (self.base / Path(name).expanduser()).resolve()
+        except (RuntimeError, ValueError, OSError) as exc:  # ~nosuchuser, a NUL in the path
+            return f"cannot use the path {name!r}: {exc}"
         cached = self._refs.get(path)
         if cached is not None:
             return cached

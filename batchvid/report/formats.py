@@ -149,7 +149,7 @@ def render_text(data: ReportData, *, width: int = 100) -> str:
     b = data.batch
     out = [f"batchvid report: {plain(b.name)}", ""]
     facts = [
-        ("manifest", f"{plain(b.manifest_path)} (sha256 {b.manifest_sha256[:12]})"),
+        ("manifest", f"{plain(b.manifest_path)} (fingerprint {b.manifest_sha256[:12]})"),
         ("endpoint", plain(b.endpoint) or "— (not run yet)"),
         ("videos", plain(b.output_dir)),
         ("last change", data.last_change_utc or "—"),

@@ -233,3 +233,79 @@ def test_the_cli_says_where_and_exits_2_without_a_traceback(tmp_path: Path) -> N
     assert done.returncode == 2
     assert "p.csv:2: a quote opened in this row is never closed" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- odd input never becomes a traceback ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("p.jsonl", '{"prompt": "x \\ud800"}\n', "p.jsonl:1: holds text that is not valid Unicode"),
+        ("p.jsonl", "[" * 100_000 + "\n", "p.jsonl:1: not valid JSON"),
+        ("p.jsonl", '{"prompt": "a", "prompt": "b"}\n', "p.jsonl:1: not valid JSON: the key"),
+        ("p.csv", "prompt,seconds\nx,2024-13-45\n", "p.csv:2: seconds: must be a whole number"),
+        ("p.csv", "prompt,seconds\nx," + "9" * 5000 + "\n", "p.csv:2: seconds: must be a whole"),
+        ("p.csv", "prompt,repeat\nx,\u00b3\n", "p.csv:2: repeat: must be a whole number"),
+        ("p.csv", "prompt,input_reference\nx,~nosuchuser_batchvid/a.png\n",
+         "p.csv:2: input_reference: cannot use the path"),
+        ("p.jsonl", '{"prompt": "x", "input_reference": ["a.png", null]}\n',
+         "p.jsonl:1: input_reference: must be a list of image paths"),
+        ("p.csv", 'prompt\n"open\n' + "x" * 300_000 + "\n",
+         "p.csv:2: a quote opened in this row is never closed"),
+    ],
+    ids=["lone surrogate", "deep nesting", "duplicate json key", "a date for seconds",
+         "5,000 digits", "a superscript repeat", "an unknown user's home", "a null reference",
+         "an open quote before 300 KB"],
+)  # fmt: skip
+def test_odd_cells_get_located_messages(
+    tmp_path: Path, name: str, content: str, expected: str
+) -> None:
+    found = errors_of(manifest(tmp_path, f"prompts: {{file: {name}}}\n", {name: content}))
+    assert any(e.startswith(expected) for e in found), found
+
+
+def test_json_lines_with_a_line_separator_inside_a_string_keep_their_line_numbers(
+    tmp_path: Path,
+) -> None:
+    jsonl = (
+        json.dumps({"prompt": "two\u2028lines"}, ensure_ascii=False)
+        + "\n"
+        + json.dumps({"prompt": "x", "seconds": 99})
+        + "\n"
+    )
+    found = errors_of(manifest(tmp_path, "prompts: {file: p.jsonl}\n", {"p.jsonl": jsonl}))
+    assert [e.split(": ")[0] for e in found] == ["p.jsonl:2"], found
+
+
+def test_a_seconds_cell_is_a_plain_number(tmp_path: Path) -> None:
+    plan = load_plan(
+        manifest(tmp_path, "prompts: {file: p.csv}\n", {"p.csv": "prompt,seconds\nx,08\n"})
+    )
+    assert plan.jobs[0].seconds == 8  # not YAML 1.1's octal
+
+
+def test_the_file_key_is_found_wherever_it_is_written(tmp_path: Path) -> None:
+    found = errors_of(
+        manifest(tmp_path, "prompts:\n  - {seconds: 5, file: p.csv}\n", {"p.csv": "prompt\nx\n"})
+    )
+    assert len(found) == 1 and "takes only `file:`" in found[0]
+
+
+def test_a_sheet_with_one_bad_column_is_not_a_hundred_thousand_lines(tmp_path: Path) -> None:
+    rows = "".join(f"A pier {i},doubao-seedance-9\n" for i in range(1000))
+    found = errors_of(
+        manifest(tmp_path, "prompts: {file: p.csv}\n", {"p.csv": "prompt,model\n" + rows})
+    )
+    assert 200 <= len(found) <= 202
+    assert found[-1].endswith("were not checked: fix these 200 first")
+
+
+def test_a_column_named_like_a_matrix_key_replaces_that_axis_for_its_row(tmp_path: Path) -> None:
+    csv = 'prompt,style,prompt_en\n"A pier, {style}",noir,une jetée\n"A dock, {style}",,\n'
+    path = manifest(tmp_path, "matrix: {style: [pastel, gold]}\nprompts: {file: p.csv}\n",
+                    {"p.csv": csv})  # fmt: skip
+    plan = load_plan(path)
+    assert [j.prompt for j in plan.jobs] == ["A pier, noir", "A dock, pastel", "A dock, gold"]
+    assert plan.totals.merged_duplicates == 0
+    assert dict(plan.jobs[0].axes) == {"style": "noir"}  # once, not the axis and the column
