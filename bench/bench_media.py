@@ -36,6 +36,9 @@ from batchvid.media import POSTER_WIDTH, inspect, poster_path, save_poster
 from batchvid.media.synth import make_video
 from batchvid.report import gallery, load_report
 
+sys.path.insert(0, str(ROOT / "tests"))  # the DevTools client the browser test uses
+from browser import Cdp  # noqa: E402
+
 Progress = Callable[[str], None]
 SCALE = 0.002  # figure 1's: the run is CPU-bound, so the probe's cost shows in full
 WAIT_S = 60.0  # the gallery gets this long to show every picture
@@ -171,7 +174,6 @@ def gallery_pages(tmp: Path, videos: int) -> tuple[Path, Path, int]:
 
 
 def time_to_pictures(tmp: Path, videos: int, progress: Progress) -> Media:
-    sys.path.insert(0, str(ROOT / "tests"))
     from browser import chromium, headless_chromium, open_page
 
     result = Media(gallery_videos=videos)
@@ -200,13 +202,14 @@ def time_to_pictures(tmp: Path, videos: int, progress: Progress) -> Media:
     return result
 
 
-def _poster_loads(page: object, posters: set[str], start: float) -> dict[str, float]:
+def _poster_loads(page: Cdp, posters: set[str], start: float) -> dict[str, float]:
     """Seconds from the page's request to each poster's load, from the DevTools events."""
     deadline = time.monotonic() + WAIT_S
     urls: dict[str, str] = {}
     done: dict[str, float] = {}
+    seen = 0
     while time.monotonic() < deadline:
-        for event in page.events:  # type: ignore[attr-defined]
+        for event in page.events[seen:]:
             params = event.get("params", {})
             if event.get("method") == "Network.requestWillBeSent":
                 if params["request"]["url"] in posters:
@@ -215,9 +218,10 @@ def _poster_loads(page: object, posters: set[str], start: float) -> dict[str, fl
                 url = urls.get(params["requestId"])
                 if url is not None:
                     done[url] = params["timestamp"] - start
+        seen = len(page.events)
         if len(done) == len(posters):
             break
-        page.evaluate("1")  # type: ignore[attr-defined]  # lets more events arrive
+        page.drain(0.2)
     return done
 
 

@@ -66,14 +66,29 @@ class Cdp:
                 return result
             self.events.append(message)
 
-    def wait_for(self, method: str) -> dict[str, Any]:
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            for event in self.events:
+    def wait_for(self, method: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The first ``method`` event, recorded already or arriving within ``timeout``
+        (each event looked at once: a page of videos sends tens of thousands)."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for event in itertools.islice(self.events, seen, None):
                 if event.get("method") == method:
                     return event
-            self.events.append(json.loads(self._ws.recv(timeout=TIMEOUT)))
-        raise AssertionError(f"no {method} within {TIMEOUT} s")
+            seen = len(self.events)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {method} within {timeout} s")
+            self.events.append(json.loads(self._ws.recv(timeout=left)))
+
+    def drain(self, seconds: float) -> None:
+        """Record the events that arrive in the next ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                self.events.append(json.loads(self._ws.recv(timeout=left)))
+            except TimeoutError:
+                return
 
     def evaluate(self, expression: str) -> Any:
         result = self.call(
