@@ -37,7 +37,7 @@ from batchvid.media.synth import make_video
 from batchvid.report import gallery, load_report
 
 sys.path.insert(0, str(ROOT / "tests"))  # the DevTools client the browser test uses
-from browser import Cdp  # noqa: E402
+from browser import Cdp
 
 Progress = Callable[[str], None]
 SCALE = 0.002  # figure 1's: the run is CPU-bound, so the probe's cost shows in full

@@ -14,13 +14,12 @@ from __future__ import annotations
 import io
 import threading
 from fractions import Fraction
-from functools import cache
 from typing import Final
 
 import av
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["FPS", "make_video"]
+__all__ = ["FPS", "made_video", "make_video"]
 
 #: Frames per second of every test video (Seedance renders 24).
 FPS: Final = 24
@@ -29,18 +28,33 @@ _X264: Final = {"preset": "ultrafast", "crf": "45", "g": str(FPS), "bf": "0", "t
 
 _guard = threading.Lock()
 _making: dict[tuple[int, int, int], threading.Lock] = {}
+#: Every video made, by (width, height, seconds): bounded by the docs' size tables.
+_made: dict[tuple[int, int, int], bytes] = {}
+
+
+def made_video(width: int, height: int, seconds: int) -> bytes | None:
+    """The video :func:`make_video` made for these, or ``None`` if not made yet (cheap:
+    for callers that would otherwise hop to a thread to ask)."""
+    return _made.get(_key(width, height, seconds))
 
 
 def make_video(width: int, height: int, seconds: int) -> bytes:
     """An MP4 of ``width`` x ``height`` (made even, as H.264 4:2:0 needs) lasting ``seconds``."""
-    key = (max(2, width - width % 2), max(2, height - height % 2), max(1, seconds))
+    key = _key(width, height, seconds)
+    if (video := _made.get(key)) is not None:
+        return video
     with _guard:
         lock = _making.setdefault(key, threading.Lock())
     with lock:
-        return _encode(*key)
+        if key not in _made:
+            _made[key] = _encode(*key)
+        return _made[key]
 
 
-@cache  # bounded by the docs' tables: a few hundred sizes x lengths
+def _key(width: int, height: int, seconds: int) -> tuple[int, int, int]:
+    return max(2, width - width % 2), max(2, height - height % 2), max(1, seconds)
+
+
 def _encode(width: int, height: int, seconds: int) -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as out:

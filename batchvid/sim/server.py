@@ -244,7 +244,9 @@ class _ApiRoutes:
             return _error(state, error)
         config = state.config
         # A video size and length not made yet takes a moment to encode: not on the loop.
-        video = await anyio.to_thread.run_sync(rendered_video, valid)
+        video = rendered_video(valid, only_made=True)
+        if video is None:  # a size and length not made yet: encode it off the loop
+            video = await anyio.to_thread.run_sync(rendered_video, valid)
         task = state.create(valid, video)
         if state.fault("drop_after_create", config.p_drop_after_create):
             state.count("drops")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
 from ..catalogue import normalised_size
-from ..media.synth import make_video
+from ..media.synth import made_video, make_video
 from .config import ProgressStyle, SimConfig
 from .requests import CreateRequest, SimError
 
@@ -66,11 +66,14 @@ _UPPER: Final = {
 # -- content ---------------------------------------------------------------
 
 
-def rendered_video(request: CreateRequest) -> bytes:
+def rendered_video(request: CreateRequest, *, only_made: bool = False) -> bytes | None:
     """The video a request renders: the size the docs say the API renders (normalisations
-    included), ``seconds`` long, 24 fps (made once per size and length)."""
+    included), ``seconds`` long, 24 fps (made once per size and length; ``only_made``:
+    ``None`` rather than make it, for a caller that must not block)."""
     size = normalised_size(request.model, request.size, request.resolution)
     width, height = (int(n) for n in size.split("x"))
+    if only_made:
+        return made_video(width, height, request.seconds)
     return make_video(width, height, request.seconds)
 
 
@@ -318,7 +321,8 @@ class SimState:
     def create(self, request: CreateRequest, video: bytes | None = None) -> SimTask:
         """A new task for ``request``; ``video``: its render, made off the lock (made
         here when not given, for callers with no event loop to keep free)."""
-        video = rendered_video(request) if video is None else video
+        video = video or rendered_video(request)
+        assert video is not None
         with self._lock:
             config = self.config
             task_id = f"task_{self.rng.getrandbits(64):016x}"
