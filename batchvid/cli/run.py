@@ -77,7 +77,8 @@ def exit_code_of(report: RunReport) -> int:
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
-    help="Requests in flight at once [manifest limits; default 8].",
+    help="API requests in flight at once; downloads (from the CDN) get as many slots of "
+    "their own [manifest limits; default 8].",
 )
 @click.option(
     "--max-active",

@@ -1,9 +1,10 @@
 """The dispatcher: drives a batch's jobs through the ledger until each one is terminal.
 
-One loop hands out work in priority order, within one shared cap on requests
-in flight (``concurrency``):
+One loop hands out work in priority order, within a cap on API requests in
+flight (``concurrency``); downloads, which go to the CDN, have as many slots of
+their own, so a large video being fetched never holds back a poll or a create:
 
-1. **downloads** of completed videos, soonest-expiring URL first;
+1. **downloads** of completed videos, soonest-expiring URL first (their own slots);
 2. **polls** of tasks whose ``next_poll_at`` is due, up to a quarter of the slots;
 3. **submissions** of pending jobs, while fewer than ``max_active`` tasks are
    live upstream and the budget allows;
@@ -210,9 +211,12 @@ class Runner:
 
     def _start_round(self, tg: TaskGroup, now: float) -> bool:
         """Start what the free slots allow; True when nothing is left to do in this run."""
-        free = self.options.concurrency - len(self._busy)
-        if free > 0 and self.options.download and not self._faults.disk.paused(now):
-            free -= self._start_downloads(tg, free, now)
+        cap = self.options.concurrency
+        downloads = self._busy_kind["download"]
+        room = cap - downloads  # downloads go to the CDN: slots of their own, not the API's
+        if room > 0 and self.options.download and not self._faults.disk.paused(now):
+            self._start_downloads(tg, room, now)
+        free = cap - (len(self._busy) - self._busy_kind["download"])
         if free > 0:
             share = poll_share(self.options.concurrency, self._busy_kind["poll"])
             free -= self._start_polls(tg, min(free, share), now)
