@@ -222,7 +222,7 @@ class _Expander:
         m = self.m
         plans = [(entry, self.axes_for(entry)) for entry in m.prompts]
         total = sum(
-            math.prod(len(a.values) for a in axes) * (entry.repeat or m.repeat)
+            (math.prod(len(a.values) for a in axes) if axes else 1) * (entry.repeat or m.repeat)
             for entry, axes in plans
         )
         if total > MAX_JOBS:

@@ -65,8 +65,7 @@ _UTF16_BOMS: Final = (b"\xff\xfe", b"\xfe\xff")
 _PROMPT_ONLY: Final = ("prompt",)
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
     """One row of a prompt file: its first line, its columns and their values (a CSV's
     rows share one ``columns`` tuple).
 
@@ -204,7 +203,8 @@ def _table_rows(text: str, delimiter: str, problems: _Problems) -> list[Row]:
     try:
         for record in reader:
             line, start = start, reader.line_num + 1
-            if not any(record) or not "".join(record).strip():
+            values = list(map(str.strip, record))
+            if not any(values):
                 continue
             if header is None:
                 names = _header(record, line, problems)
@@ -217,7 +217,7 @@ def _table_rows(text: str, delimiter: str, problems: _Problems) -> list[Row]:
                     line, "", f"has {len(record)} cells; the header has {len(header)} columns"
                 )
                 continue
-            rows.append(Row(line, header, list(map(str.strip, record))))
+            rows.append(Row(line, header, values))
     except csv.Error as exc:
         if "unexpected end of data" in str(exc) or "EOF" in str(exc):
             problems.add(start, "", "a quote opened in this row is never closed")
