@@ -6,7 +6,10 @@
     ├── ManifestError          the manifest cannot be used (carries every Issue found)
     ├── LedgerError            the ledger is missing, locked, corrupt or asked something illegal
     │   ├── IllegalTransition  a job state change that the state machine forbids
+    │   │   └── LostClaim      the job was taken over by another worker (a shared ledger)
+    │   ├── LimitReached       a create would pass a limit the batch's workers share
     │   ├── LedgerBusy         another program holds the ledger's write lock: try again later
+    │   │   └── LedgerUnreachable  the ledger's server did not answer in time
     │   └── LedgerFull         the disk holding the ledger is full: nothing more can be recorded
     ├── ApiError               CometAPI answered with an error, or did not answer
     │   ├── AuthError          401: the key is missing or refused; stop everything
@@ -42,6 +45,9 @@ __all__ = [
     "LedgerBusy",
     "LedgerError",
     "LedgerFull",
+    "LedgerUnreachable",
+    "LimitReached",
+    "LostClaim",
     "ManifestError",
     "RateLimited",
     "RejectedError",
@@ -98,8 +104,26 @@ class IllegalTransition(LedgerError):
     """A job was asked to move between two states the state machine does not connect."""
 
 
+class LostClaim(IllegalTransition):
+    """On a shared ledger: another worker took the job over (this one's lease had ended)."""
+
+
+class LimitReached(LedgerError):
+    """On a shared ledger: a create would pass ``limit`` ("active": the batch's active-task
+    cap, counted over every worker; "budget": its budget), so it is not recorded."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class LedgerBusy(LedgerError):
     """Another program held the ledger's write lock past the wait: nothing was written."""
+
+
+class LedgerUnreachable(LedgerBusy):
+    """The ledger's database server did not answer in time (a network fault, a server
+    down): nothing is known to have been written; try again later."""
 
 
 class LedgerFull(LedgerError):

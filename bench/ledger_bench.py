@@ -45,20 +45,22 @@ def shape(path: Path, n: int) -> None:
 def resume(path: Path, batch: str = "b") -> None:
     """What ``batchvid run`` asks the ledger on a restart before its first request."""
     with Ledger(path) as ledger:
-        ledger.recover_interrupted(batch)
-        ledger.active_count(batch)
-        ledger.committed_cost(batch)
-        ledger.pending_jobs(batch, 16)
-        ledger.due_polls(batch, limit=16)
-        ledger.next_poll_time(batch)
-        ledger.completed_jobs(batch, 16)
+        ledger.plans.recover_interrupted(batch)
+        ledger.queue.active_count(batch)
+        ledger.queue.committed_cost(batch)
+        ledger.queue.take_pending(batch, 16)
+        ledger.queue.take_polls(batch, 16, ledger.clock())
+        ledger.queue.next_poll_time(batch)
+        ledger.queue.take_downloads(batch, 16)
 
 
 def build(path: Path, n: int, batch: str = "b") -> None:
     """A ledger of ``n`` jobs in mid-run: 60% downloaded, 16 live and due, the rest pending."""
     with Ledger(path) as ledger:
-        ledger.upsert_batch(batch, manifest_path="m.yaml", manifest_sha256="0", output_dir="out")
-        ledger.upsert_jobs(batch, jobs(n))
+        ledger.plans.upsert_batch(
+            batch, manifest_path="m.yaml", manifest_sha256="0", output_dir="out"
+        )
+        ledger.plans.upsert_jobs(batch, jobs(n))
     shape(path, n)
 
 
@@ -79,35 +81,40 @@ def main() -> None:
         path = Path(tmp) / "bench.db"
         specs = jobs(n)
         with Ledger(path) as ledger:
-            ledger.upsert_batch("b", manifest_path="m.yaml", manifest_sha256="0", output_dir="out")
-            timed(f"upsert {n} new jobs (one transaction)", lambda: ledger.upsert_jobs("b", specs))
-            timed(f"upsert {n} known jobs (re-run)", lambda: ledger.upsert_jobs("b", specs))
+            ledger.plans.upsert_batch(
+                "b", manifest_path="m.yaml", manifest_sha256="0", output_dir="out"
+            )
+            timed(
+                f"upsert {n} new jobs (one transaction)",
+                lambda: ledger.plans.upsert_jobs("b", specs),
+            )
+            timed(f"upsert {n} known jobs (re-run)", lambda: ledger.plans.upsert_jobs("b", specs))
         shape(path, n)
 
         timed(f"resume decision on {n} jobs (open..due work)", lambda: resume(path), repeat=5)
         with Ledger(path) as ledger:
-            timed("status (counts by state)", lambda: ledger.status("b"), repeat=5)
-            timed("committed_cost", lambda: ledger.committed_cost("b"), repeat=5)
+            timed("status (counts by state)", lambda: ledger.reads.status("b"), repeat=5)
+            timed("committed_cost", lambda: ledger.queue.committed_cost("b"), repeat=5)
             timed(
                 "render_samples",
-                lambda: ledger.render_samples("doubao-seedance-2-0", 5, "720p"),
+                lambda: ledger.reads.render_samples("doubao-seedance-2-0", 5, "720p"),
                 repeat=5,
             )
-            timed(f"iterate jobs() over {n}", lambda: sum(1 for _ in ledger.jobs("b")))
+            timed(f"iterate jobs() over {n}", lambda: sum(1 for _ in ledger.reads.jobs("b")))
             timed("verify() (integrity + every event chain)", ledger.verify)
             for mode in ("FULL", "NORMAL"):
                 ledger._conn.execute(f"PRAGMA synchronous = {mode}")  # bench-only poke
-                ids = iter([j.id for j in ledger.pending_jobs("b", 200)])
+                ids = iter([j.id for j in ledger.queue.take_pending("b", 200)])
                 timed(
                     f"one transition commit, synchronous={mode}",
-                    lambda ids=ids: ledger.begin_submit(next(ids)),
+                    lambda ids=ids: ledger.moves.begin_submit(next(ids)),
                     repeat=200,
                 )
-                pending = [j.id for j in ledger.pending_jobs("b", 8 * 50)]
+                pending = [j.id for j in ledger.queue.take_pending("b", 8 * 50)]
                 groups = iter([pending[i::50] for i in range(50)])
                 timed(
                     f"begin_submit_many(8 jobs), synchronous={mode}",
-                    lambda groups=groups: ledger.begin_submit_many(next(groups)),
+                    lambda groups=groups: ledger.moves.begin_submit_many(next(groups)),
                     repeat=50,
                 )
 

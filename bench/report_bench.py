@@ -77,14 +77,14 @@ def main(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ledger.db"
         with Ledger(path) as ledger:
-            ledger.upsert_batch(
+            ledger.plans.upsert_batch(
                 "bench",
                 manifest_path="bench.yaml",
                 manifest_sha256="0" * 64,
                 output_dir=tmp,
                 pricing={"doubao-seedance": 0.1},
             )
-            ledger.upsert_jobs("bench", jobs(n))
+            ledger.plans.upsert_jobs("bench", jobs(n))
         shape(path)
         print(f"{n} jobs")
         with Ledger(path, read_only=True) as ledger:

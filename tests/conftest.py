@@ -1,10 +1,16 @@
-"""Shared fixtures: a clean environment, the anyio backend, the simulator on a real socket."""
+"""Shared fixtures: a clean environment, the anyio backend, the simulator on a real socket,
+a real PostgreSQL server (``pg_server``) and a fresh database on it for each test (``pg_url``)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from pg_server import MissingPostgres, PgServer
 
 from batchvid.remote.client import CometClient
 from batchvid.sim.config import SimConfig
@@ -13,6 +19,11 @@ from batchvid.sim.server import Simulator, SimulatorThread, serve_simulator
 #: Renders take a few tens of milliseconds; seeded so runs repeat.
 FAST_SIM = SimConfig(time_scale=0.0005, seed=7)
 
+
+#: Why the PostgreSQL tests skip on a machine without the server.
+PG_MISSING_REASON = (
+    "PostgreSQL server binaries not found (apt-get install postgresql; .ci/run installs it)"
+)
 
 #: Every environment variable batchvid reads.
 BATCHVID_ENV = ("COMETAPI_KEY", "COMETAPI_BASE_URL", "BATCHVID_LEDGER")
@@ -62,3 +73,43 @@ def sim_thread(_sim_thread_server: Simulator) -> Simulator:
     """
     _sim_thread_server.reset()
     return _sim_thread_server
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server on 127.0.0.1 for the whole session (fsync off).
+
+    Without the server binaries the tests that use it skip, except in CI
+    (``CI=true``), where ``.ci/run`` should have installed them: there they fail.
+    """
+    in_ci = os.environ.get("CI") == "true"
+    if importlib.util.find_spec("psycopg") is None:
+        if in_ci:
+            pytest.fail(
+                "psycopg is not installed; the dev dependencies should bring it", pytrace=False
+            )
+        pytest.skip("psycopg is not installed")
+    server: PgServer | None = None
+    with contextlib.suppress(MissingPostgres):
+        server = PgServer()
+    if server is None:
+        if in_ci:
+            pytest.fail(
+                "PostgreSQL server binaries not found, and CI=true: .ci/run installs"
+                " Debian's postgresql package (apt-get install postgresql); did that fail?"
+                " See /tmp/batchvid-apt.log.",
+                pytrace=False,
+            )
+        pytest.skip(PG_MISSING_REASON)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh database of this test's own on the session's server: its URL."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = pg_server.create_database(name)
+    yield url
+    with contextlib.suppress(Exception):
+        pg_server.drop_database(name)

@@ -16,7 +16,7 @@ S = JobState
 
 
 def add_batch(ledger: Ledger, name: str) -> None:
-    ledger.upsert_batch(
+    ledger.plans.upsert_batch(
         name, manifest_path=f"{name}.yaml", manifest_sha256="0" * 64, output_dir=f"out/{name}"
     )
 
@@ -35,8 +35,8 @@ def specs(n: int, prefix: str = "k", start: int = 0, cost: float | None = None) 
 
 
 def add_job(ledger: Ledger, key: str = "k", batch: str = "b", index: int = 1) -> int:
-    ledger.upsert_jobs(batch, [NewJob(key=key, index=index, prompt="p", model="m")])
-    row = ledger.job_by_key(batch, key)
+    ledger.plans.upsert_jobs(batch, [NewJob(key=key, index=index, prompt="p", model="m")])
+    row = ledger.reads.job_by_key(batch, key)
     assert row is not None
     return row.id
 
@@ -50,59 +50,59 @@ def raw(path: Path) -> sqlite3.Connection:
 
 Action = Callable[[Ledger, int], object]
 ACTIONS: dict[str, tuple[Action, frozenset[JobState], JobState]] = {
-    "begin_submit": (lambda lg, j: lg.begin_submit(j), frozenset({S.PENDING}), S.SUBMITTING),
+    "begin_submit": (lambda lg, j: lg.moves.begin_submit(j), frozenset({S.PENDING}), S.SUBMITTING),
     "record_submitted": (
-        lambda lg, j: lg.record_submitted(j, f"task-{j}", "SUBMITTED", T0 + 60),
-        frozenset({S.SUBMITTING}),
+        lambda lg, j: lg.moves.record_submitted(j, f"task-{j}", "SUBMITTED", T0 + 60),
+        frozenset({S.SUBMITTING, S.IN_DOUBT}),
         S.QUEUED,
     ),
     "record_rejected": (
-        lambda lg, j: lg.record_rejected(j, "InvalidParameter", "duration out of range"),
+        lambda lg, j: lg.moves.record_rejected(j, "InvalidParameter", "duration out of range"),
         frozenset({S.SUBMITTING}),
         S.REJECTED,
     ),
     "record_in_doubt": (
-        lambda lg, j: lg.record_in_doubt(j, "read timeout after the body was sent"),
+        lambda lg, j: lg.moves.record_in_doubt(j, "read timeout after the body was sent"),
         frozenset({S.SUBMITTING}),
         S.IN_DOUBT,
     ),
     "release_unsent": (
-        lambda lg, j: lg.release_unsent(j, "connect refused"),
+        lambda lg, j: lg.moves.release_unsent(j, "connect refused"),
         frozenset({S.SUBMITTING}),
         S.PENDING,
     ),
     "record_poll": (
-        lambda lg, j: lg.record_poll(j, "IN_PROGRESS", 40, T0 + 30, seen=S.IN_PROGRESS),
+        lambda lg, j: lg.moves.record_poll(j, "IN_PROGRESS", 40, T0 + 30, seen=S.IN_PROGRESS),
         frozenset({S.QUEUED, S.IN_PROGRESS}),
         S.IN_PROGRESS,
     ),
     "record_completed": (
-        lambda lg, j: lg.record_completed(j, f"https://cdn.example/{j}.mp4", T0 + 3600),
+        lambda lg, j: lg.moves.record_completed(j, f"https://cdn.example/{j}.mp4", T0 + 3600),
         frozenset({S.QUEUED, S.IN_PROGRESS}),
         S.COMPLETED,
     ),
     "record_failed": (
-        lambda lg, j: lg.record_failed(j, "FAILED", "content policy"),
+        lambda lg, j: lg.moves.record_failed(j, "FAILED", "content policy"),
         frozenset({S.QUEUED, S.IN_PROGRESS, S.COMPLETED}),
         S.FAILED,
     ),
     "record_stalled": (
-        lambda lg, j: lg.record_stalled(j),
+        lambda lg, j: lg.moves.record_stalled(j),
         frozenset({S.QUEUED, S.IN_PROGRESS}),
         S.STALLED,
     ),
     "refresh_url": (
-        lambda lg, j: lg.refresh_url(j, f"https://cdn.example/{j}.mp4?fresh", T0 + 7200),
+        lambda lg, j: lg.moves.refresh_url(j, f"https://cdn.example/{j}.mp4?fresh", T0 + 7200),
         frozenset({S.COMPLETED}),
         S.COMPLETED,
     ),
     "record_downloaded": (
-        lambda lg, j: lg.record_downloaded(j, f"out/{j}.mp4", 1234, "ab" * 32),
+        lambda lg, j: lg.moves.record_downloaded(j, f"out/{j}.mp4", 1234, "ab" * 32),
         frozenset({S.COMPLETED}),
         S.DOWNLOADED,
     ),
     "record_download_error": (
-        lambda lg, j: lg.record_download_error(j, "HTTP 403 from the CDN"),
+        lambda lg, j: lg.moves.record_download_error(j, "HTTP 403 from the CDN"),
         frozenset({S.COMPLETED}),
         S.COMPLETED,
     ),
@@ -127,7 +127,7 @@ PATHS: dict[JobState, list[str]] = {
 def reach(ledger: Ledger, job_id: int, state: JobState) -> None:
     for name in PATHS[state]:
         ACTIONS[name][0](ledger, job_id)
-    assert ledger.get_job(job_id).state is state
+    assert ledger.reads.get_job(job_id).state is state
 
 
 LEGAL = [(a, s) for a, (_, sources, _) in ACTIONS.items() for s in sorted(sources)]

@@ -55,7 +55,7 @@ VideoMaker = Callable[[JobRow], Path]
 
 def add_batch(ledger: Ledger, plan_or_name: Plan | str, output_dir: Path) -> str:
     if isinstance(plan_or_name, str):
-        ledger.upsert_batch(
+        ledger.plans.upsert_batch(
             plan_or_name,
             manifest_path=f"{plan_or_name}.yaml",
             manifest_sha256="ab" * 32,
@@ -64,7 +64,7 @@ def add_batch(ledger: Ledger, plan_or_name: Plan | str, output_dir: Path) -> str
         )
         return plan_or_name
     plan = plan_or_name
-    ledger.upsert_batch(
+    ledger.plans.upsert_batch(
         plan.batch,
         manifest_path=plan.manifest.path,
         manifest_sha256="ab" * 32,
@@ -73,7 +73,7 @@ def add_batch(ledger: Ledger, plan_or_name: Plan | str, output_dir: Path) -> str
         budget_usd=plan.manifest.budget_usd,
         endpoint="simulator",
     )
-    ledger.upsert_jobs(plan.batch, ledger_jobs(plan))
+    ledger.plans.upsert_jobs(plan.batch, ledger_jobs(plan))
     return plan.batch
 
 
@@ -132,39 +132,43 @@ def drive(
     target = outcome.state
     if target == "pending":
         return
-    ledger.begin_submit(job.id)
+    ledger.moves.begin_submit(job.id)
     clock.advance(1)
     if target == "submitting":
         return
     if target == "rejected":
-        ledger.record_rejected(job.id, outcome.code, outcome.message)
+        ledger.moves.record_rejected(job.id, outcome.code, outcome.message)
         return
     if target == "in_doubt":
-        ledger.record_in_doubt(job.id, outcome.message or "read timeout after the request left")
+        ledger.moves.record_in_doubt(
+            job.id, outcome.message or "read timeout after the request left"
+        )
         return
-    ledger.record_submitted(job.id, f"task-{job.id}", "SUBMITTED", clock() + 30)
+    ledger.moves.record_submitted(job.id, f"task-{job.id}", "SUBMITTED", clock() + 30)
     if target == "queued":
         return
     clock.advance(outcome.render / 2)
-    ledger.record_poll(job.id, "IN_PROGRESS", 50, clock() + 30, seen=JobState.IN_PROGRESS)
+    ledger.moves.record_poll(job.id, "IN_PROGRESS", 50, clock() + 30, seen=JobState.IN_PROGRESS)
     if target == "in_progress":
         return
     if target == "stalled":
         clock.advance(7200)
-        ledger.record_stalled(job.id)
+        ledger.moves.record_stalled(job.id)
         return
     clock.advance(outcome.render / 2)
     if target == "failed":
-        ledger.record_failed(job.id, outcome.code, outcome.message, remote_status="FAILURE")
+        ledger.moves.record_failed(job.id, outcome.code, outcome.message, remote_status="FAILURE")
         return
-    ledger.record_completed(job.id, f"https://cdn.invalid/{job.id}.mp4", clock() + 3600)
+    ledger.moves.record_completed(job.id, f"https://cdn.invalid/{job.id}.mp4", clock() + 3600)
     if target == "completed":
         return
     assert target == "downloaded", target
     path = make_video(job)
     data = path.read_bytes()
     facts = probed(job, path) if probe else {}
-    ledger.record_downloaded(job.id, path, len(data), hashlib.sha256(data).hexdigest(), **facts)
+    ledger.moves.record_downloaded(
+        job.id, path, len(data), hashlib.sha256(data).hexdigest(), **facts
+    )
 
 
 def drive_all(
@@ -181,7 +185,7 @@ def drive_all(
 
     Downloaded jobs without an outcome of their own render in ``30 + 5 * idx`` seconds.
     """
-    for job in list(ledger.jobs(batch)):
+    for job in list(ledger.reads.jobs(batch)):
         outcome = outcomes.get(job.idx)
         if outcome is None and default is not None:
             outcome = Outcome(default.state, render=30.0 + 5 * job.idx)

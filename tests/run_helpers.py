@@ -62,11 +62,11 @@ async def run_once(
     endpoint = Endpoint(sim.base_url, key or sim.api_key)
     ledger_path = tmp_path / "ledger.db"
     with Ledger(ledger_path) as ledger:
-        prepared = prepare(ledger, plan, endpoint, ledger_path)
+        prepared = prepare(ledger, plan, endpoint)
         report = await run_batch(ledger, prepared, endpoint, options)
     return report, prepared
 
 
 def ledger_jobs(tmp_path: Path) -> list[Any]:
     with Ledger(tmp_path / "ledger.db") as ledger:
-        return list(ledger.jobs("e2e"))
+        return list(ledger.reads.jobs("e2e"))

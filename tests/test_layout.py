@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "batchvid"
 
 #: The shared vocabulary, importable from anywhere.
-SHARED = {"errors", "catalogue", "states", "request", "text", "video"}
+SHARED = {"errors", "catalogue", "states", "request", "text", "threads", "video"}
 #: What each part of batchvid may import, besides the shared vocabulary and itself.
 ALLOWED: dict[str, set[str]] = {
     "shared": set(),

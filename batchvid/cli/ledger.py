@@ -9,28 +9,31 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import click
 
 from ..ledger.store import DEFAULT_LEDGER, Ledger, open_ledger
+from ..ledger.target import LedgerTarget, ledger_target
 from ..states import JobState
 from .common import ORDER
 
-__all__ = ["ledger_option", "ledger_path_of", "retry", "status"]
+__all__ = ["ledger_option", "ledger_target_of", "retry", "status"]
 
-_LEDGER_HELP = f"SQLite ledger file [env BATCHVID_LEDGER; default {DEFAULT_LEDGER}]."
+_LEDGER_HELP = (
+    "The ledger: an SQLite file, or a postgresql://USER:PASSWORD@HOST:PORT/DB URL that "
+    f"many workers share [env BATCHVID_LEDGER; default {DEFAULT_LEDGER}]."
+)
 
 
-def ledger_path_of(value: str | None) -> Path:
+def ledger_target_of(value: str | None) -> LedgerTarget:
     """The ledger a command uses: --ledger, else $BATCHVID_LEDGER, else the default."""
-    return Path(value or os.environ.get("BATCHVID_LEDGER") or DEFAULT_LEDGER)
+    return ledger_target(value or os.environ.get("BATCHVID_LEDGER") or DEFAULT_LEDGER)
 
 
 def ledger_option(f: Any) -> Any:
-    """``--ledger PATH``, resolved by :func:`ledger_path_of`."""
-    return click.option("--ledger", "ledger", metavar="PATH", help=_LEDGER_HELP)(f)
+    """``--ledger PATH|URL``, resolved by :func:`ledger_target_of`."""
+    return click.option("--ledger", "ledger", metavar="PATH|URL", help=_LEDGER_HELP)(f)
 
 
 @click.command()
@@ -50,12 +53,13 @@ def status(batch: str | None, ledger: str | None, as_json: bool) -> None:
     "retries": {KIND: count}, "extra_takes": {STATE: count}, "normalised":
     {HOW: count}} (a list when BATCH is omitted).
     """
-    with open_ledger(ledger_path_of(ledger), create=False) as store:
+    with open_ledger(ledger_target_of(ledger), create=False) as store:
         if as_json:
-            data: Any = store.status(batch) if batch else store.statuses()
+            reads = store.reads
+            data: Any = reads.status(batch) if batch else reads.statuses()
             click.echo(json.dumps(data, indent=2))
             return
-        names = [batch] if batch else [b.name for b in store.batches()]
+        names = [batch] if batch else [b.name for b in store.reads.batches()]
         if not names:
             click.echo("the ledger has no batches yet")
         for name in names:
@@ -68,13 +72,19 @@ _LISTED_STATES = (JobState.IN_DOUBT, JobState.FAILED, JobState.STALLED)
 
 
 def _print_status(store: Ledger, batch: str) -> None:
-    data = store.status(batch)
+    reads = store.reads
+    data = reads.status(batch)
     states = data["states"]
     counts = "  ".join(f"{s} {states[s]}" for s in ORDER if states.get(s))
     click.echo(f"{batch}: {data['total']} jobs  {counts}")
+    if store.shared:
+        workers = store.leases.live(batch)
+        click.echo(f"  workers running it: {len(workers)}")
+        for w in workers:
+            click.echo(f"    {w.id} since {w.started_utc} (lease {w.left_s:.0f} s left)")
     if data["retries"]:
         made = ", ".join(f"{kind} {n}" for kind, n in data["retries"].items())
-        row = store.get_batch(batch)
+        row = reads.get_batch(batch)
         policy = ", ".join(f"{k}: {v}" for k, v in (row.retry if row else {}).items())
         click.echo(f"  automatic retries: {made}" + (f" (retry {{{policy}}})" if policy else ""))
     if data["extra_takes"]:
@@ -85,7 +95,7 @@ def _print_status(store: Ledger, batch: str) -> None:
         for how, n in list(data["normalised"].items())[:STATUS_LISTED]:
             click.echo(f"    {n} x {how}")
     for state in _LISTED_STATES:
-        for job in store.jobs_in_states(batch, [state], limit=STATUS_LISTED):
+        for job in reads.jobs_in_states(batch, [state], limit=STATUS_LISTED):
             label = job.prompt_id or " ".join(job.prompt.split())[:40]
             if job.extra_of is not None:
                 label += f" (attempt {job.attempts}, extra take)"
@@ -118,13 +128,14 @@ def retry(batch: str, failed: bool, in_doubt: bool, stalled: bool, ledger: str |
     """
     if not (failed or in_doubt or stalled):
         raise click.UsageError("say which jobs: --failed, --in-doubt and/or --stalled")
-    with open_ledger(ledger_path_of(ledger), create=False) as store:
-        if store.get_batch(batch) is None:
+    with open_ledger(ledger_target_of(ledger), create=False) as store:
+        if store.reads.get_batch(batch) is None:
             raise click.UsageError(f"no batch {batch!r} in the ledger")
+        plans = store.plans
         if failed:
-            click.echo(f"{store.retry(batch, JobState.FAILED)} failed jobs are pending again")
+            click.echo(f"{plans.retry(batch, JobState.FAILED)} failed jobs are pending again")
         if in_doubt:
-            n = store.retry(batch, JobState.IN_DOUBT)
+            n = plans.retry(batch, JobState.IN_DOUBT)
             click.echo(f"{n} in-doubt jobs are pending again")
             if n:
                 click.echo(
@@ -133,4 +144,4 @@ def retry(batch: str, failed: bool, in_doubt: bool, stalled: bool, ledger: str |
                     err=True,
                 )
         if stalled:
-            click.echo(f"{store.retry(batch, JobState.STALLED)} stalled jobs will be polled again")
+            click.echo(f"{plans.retry(batch, JobState.STALLED)} stalled jobs will be polled again")

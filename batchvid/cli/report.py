@@ -16,10 +16,11 @@ import click
 
 from ..errors import BatchvidError
 from ..ledger.store import Ledger
+from ..ledger.target import LedgerTarget
 from ..report.data import FORMATS, ReportData, load_report
 from ..report.formats import render
 from .common import Exit
-from .ledger import ledger_option, ledger_path_of
+from .ledger import ledger_option, ledger_target_of
 
 __all__ = ["ReportUsageError", "report", "write_atomically"]
 
@@ -62,16 +63,16 @@ def _umask() -> int:
 def _pick_batch(ledger: Ledger, batch: str | None) -> str:
     if batch is not None:
         return batch
-    names = [b.name for b in ledger.batches()]
+    names = [b.name for b in ledger.reads.batches()]
     if not names:
-        raise ReportUsageError(f"the ledger {ledger.path} has no batches yet")
+        raise ReportUsageError(f"the ledger {ledger.where} has no batches yet")
     if len(names) > 1:
         listed = "\n".join(f"  {n}" for n in names)
         raise ReportUsageError(f"the ledger has {len(names)} batches; name one:\n{listed}")
     return names[0]
 
 
-def _read(ledger_path: Path, batch: str | None) -> ReportData:
+def _read(ledger_path: LedgerTarget, batch: str | None) -> ReportData:
     try:
         with Ledger(ledger_path, read_only=True) as ledger:
             data = load_report(ledger, _pick_batch(ledger, batch))
@@ -124,7 +125,7 @@ def report(batch: str | None, ledger: str | None, fmt: str, output: str | None) 
     Exit 0 when the report is made; 2 when there is no ledger, no such batch,
     or the batch has no jobs.
     """
-    data = _read(ledger_path_of(ledger), batch)
+    data = _read(ledger_target_of(ledger), batch)
     if fmt == "sheet":
         _write_sheet(data, output)
         return

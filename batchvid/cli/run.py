@@ -12,15 +12,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
 import click
 
 from ..errors import BatchvidError, ManifestError
-from ..ledger.store import DEFAULT_LEDGER, Ledger
+from ..ledger.store import Ledger
+from ..ledger.target import LedgerTarget
 from ..manifest.model import MAX_RETRIES, RETRY_KEYS, Limits, Retries
 from ..manifest.plan import batch_name_of, load_plan
 from ..report.advice import next_steps
@@ -36,13 +36,14 @@ from ..run.batch import (
     run_batch,
 )
 from ..run.dispatcher import Runner
+from ..run.lease import DEFAULT_LEASE_S
 from ..run.options import RunOptions, RunReport, Snapshot
 from ..states import TERMINAL_STATES, JobState
 from ..text import span
 from .common import ORDER as _ORDER
 from .common import Exit, print_issues
 from .common import count as _count
-from .ledger import ledger_option, ledger_path_of
+from .ledger import ledger_option, ledger_target_of
 
 __all__ = ["exit_code_of", "run"]
 
@@ -54,7 +55,50 @@ def exit_code_of(report: RunReport) -> int:
     return Exit.OK if report.all_done else Exit.UNFINISHED
 
 
-@click.command()
+#: ``batchvid run --help``: what a run does, how it ends, and its exit codes.
+RUN_HELP = """Submit, poll and download every job of MANIFEST; resumable at any time.
+
+Jobs are recorded in the ledger before anything is sent. Run the same
+command again after an interruption (Ctrl-C, a crash, a sleeping laptop):
+finished jobs are skipped, tasks already created are polled and
+downloaded, and nothing is created twice. An edited manifest adds only
+its new jobs.
+
+A create whose answer was lost is marked in_doubt and never retried on
+its own, by any policy: it may have been billed. `batchvid retry BATCH
+--in-doubt` resubmits such jobs when you decide to.
+
+Automatic retries (the manifest's `retry:`, or --retry): ERROR gets 2 new
+attempts, a vanished task 1, FAILED and stalled none unless you ask; each
+is a new, billed task within budget_usd, 30 s ... 10 min apart. A stalled
+or vanished task is watched on (every 5 min, up to 2 h; the run waits),
+and its video, if it comes, kept as an extra take.
+
+\b
+A run always ends. Downloads get 5 tries per run (4, 8, 16, 32 s apart;
+the signed URL, one refresh, then /v1/videos/{id}/content); jobs whose
+tries are spent stay completed for the next run. A full disk pauses
+downloads and new creates (stopping after 10 minutes), a ledger locked
+by another program pauses everything (5 minutes); nothing is marked
+failed for either.
+
+\b
+Exit codes: 0 every job downloaded; 1 finished, but some jobs failed,
+were rejected, stalled, are in doubt or still to download, or a fault
+stopped the run; 2 invalid manifest, usage, or a damaged ledger;
+3 the API refused the key; 130 interrupted (the ledger is consistent).
+
+\b
+Many workers, one batch: with --ledger postgresql://... (or BATCHVID_LEDGER)
+start this same command on as many machines as you like, at any time;
+they share the jobs, the rate limit, max_active_tasks and budget_usd.
+A worker that dies is taken over after --lease seconds.
+
+The API key comes from COMETAPI_KEY and is sent only to the API host.
+"""
+
+
+@click.command(help=RUN_HELP)
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=str))
 @click.option(
     "--simulate",
@@ -114,6 +158,18 @@ def exit_code_of(report: RunReport) -> int:
     "default error=2 failed=0 vanished=1 stalled=0]. in_doubt is never retried automatically.",
 )
 @click.option(
+    "--lease",
+    "lease_s",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_LEASE_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="On a postgresql:// ledger: how long this worker's jobs stay its own after its last "
+    "heartbeat (one every third of it). A worker killed or cut off is taken over by the "
+    "others about this long after; it stops creating once a third of it has gone by "
+    "unrenewed. Scaled by --time-scale.",
+)
+@click.option(
     "--time-scale",
     type=click.FloatRange(min=0, min_open=True, max=1),
     metavar="FACTOR",
@@ -133,74 +189,61 @@ def run(
     no_download: bool,
     no_probe: bool,
     retry_flags: dict[str, int],
+    lease_s: float,
     time_scale: float | None,
 ) -> None:
-    """Submit, poll and download every job of MANIFEST; resumable at any time.
-
-    Jobs are recorded in the ledger before anything is sent. Run the same
-    command again after an interruption (Ctrl-C, a crash, a sleeping laptop):
-    finished jobs are skipped, tasks already created are polled and
-    downloaded, and nothing is created twice. An edited manifest adds only
-    its new jobs.
-
-    A create whose answer was lost is marked in_doubt and never retried on
-    its own, by any policy: it may have been billed. `batchvid retry BATCH
-    --in-doubt` resubmits such jobs when you decide to.
-
-    Automatic retries (the manifest's `retry:`, or --retry): ERROR gets 2 new
-    attempts, a vanished task 1, FAILED and stalled none unless you ask; each
-    is a new, billed task within budget_usd, 30 s ... 10 min apart. A stalled
-    or vanished task is watched on (every 5 min, up to 2 h; the run waits),
-    and its video, if it comes, kept as an extra take.
-
-    \b
-    A run always ends. Downloads get 5 tries per run (4, 8, 16, 32 s apart;
-    the signed URL, one refresh, then /v1/videos/{id}/content); jobs whose
-    tries are spent stay completed for the next run. A full disk pauses
-    downloads and new creates (stopping after 10 minutes), a ledger locked
-    by another program pauses everything (5 minutes); nothing is marked
-    failed for either.
-
-    \b
-    Exit codes: 0 every job downloaded; 1 finished, but some jobs failed,
-    were rejected, stalled, are in doubt or still to download, or a fault
-    stopped the run; 2 invalid manifest, usage, or a damaged ledger;
-    3 the API refused the key; 130 interrupted (the ledger is consistent).
-
-    The API key comes from COMETAPI_KEY and is sent only to the API host.
-    """
-    ledger_path = ledger_path_of(ledger)
+    """``batchvid run`` (its help is :data:`RUN_HELP`)."""
+    ledger_path = ledger_target_of(ledger)
     endpoint = _endpoint(simulate, base_url)
-    overrides: dict[str, Any] = {
-        "rate_per_minute": rate_per_minute,
-        "concurrency": concurrency,
-        "max_active": max_active,
-        "poll_interval": poll_interval,
-    }
-
-    def options_from(limits: Limits, budget: float | None, retry: Retries) -> RunOptions:
-        options = options_for(limits, overrides)
-        if rate_per_minute == 0:
-            options = replace(options, rate_per_minute=None)
-        retry = replace(retry, **retry_flags)
-        options = replace(
-            options, download=not no_download, budget_usd=budget, retry=retry, probe=not no_probe
-        )
-        return options if time_scale is None else replace(options, time_scale=time_scale)
-
+    flags = _Flags(
+        {
+            "rate_per_minute": rate_per_minute,
+            "concurrency": concurrency,
+            "max_active": max_active,
+            "poll_interval": poll_interval,
+        },
+        retry_flags,
+        download=not no_download,
+        probe=not no_probe,
+        time_scale=time_scale,
+    )
     try:
         plan = load_plan(manifest)
     except ManifestError as exc:
-        _finish_paid_work(exc, manifest, ledger_path, endpoint, options_from)
+        _finish_paid_work(exc, manifest, ledger_path, endpoint, flags.options, lease_s)
         raise  # nothing waits on the API: the CLI group prints every issue, exit 2
     print_issues(plan.warnings)
-    options = options_from(plan.manifest.limits, plan.manifest.budget_usd, plan.manifest.retry)
-    with open_ledger(ledger_path, check=True) as store, batch_lock(ledger_path, plan.batch):
-        prepared = prepare(store, plan, endpoint, ledger_path)
-        _announce(plan.batch, len(plan.jobs), prepared, endpoint, ledger_path)
-        report = anyio.run(_run_with_display, store, prepared, endpoint, options)
+    options = flags.options(plan.manifest.limits, plan.manifest.budget_usd, plan.manifest.retry)
+    with open_ledger(ledger_path, check=True) as store, batch_lock(store, plan.batch):
+        prepared = prepare(store, plan, endpoint)
+        _announce(plan.batch, len(plan.jobs), prepared, endpoint, store)
+        report = anyio.run(_run_with_display, store, prepared, endpoint, options, lease_s)
     _print_summary(report, ledger_path, manifest)
     click.get_current_context().exit(exit_code_of(report))
+
+
+@dataclass(frozen=True, slots=True)
+class _Flags:
+    """The run's flags, applied over a manifest's (or a ledger's) settings."""
+
+    overrides: dict[str, Any]
+    retry: dict[str, int]
+    download: bool
+    probe: bool
+    time_scale: float | None
+
+    def options(self, limits: Limits, budget: float | None, retry: Retries) -> RunOptions:
+        options = options_for(limits, self.overrides)
+        if self.overrides["rate_per_minute"] == 0:
+            options = replace(options, rate_per_minute=None)
+        options = replace(
+            options,
+            download=self.download,
+            budget_usd=budget,
+            retry=replace(retry, **self.retry),
+            probe=self.probe,
+        )
+        return options if self.time_scale is None else replace(options, time_scale=self.time_scale)
 
 
 def _retry_flags(values: tuple[str, ...]) -> dict[str, int]:
@@ -236,9 +279,7 @@ def _endpoint(simulate: bool, base_url: str | None) -> Endpoint:
     )
 
 
-def _announce(
-    batch: str, jobs: int, prepared: Prepared, endpoint: Endpoint, ledger_path: Path
-) -> None:
+def _announce(batch: str, jobs: int, prepared: Prepared, endpoint: Endpoint, store: Ledger) -> None:
     where = "the built-in simulator" if endpoint.simulate else endpoint.name
     dropped = (
         f"; {prepared.dropped_jobs} never-sent jobs no longer in the manifest dropped"
@@ -247,7 +288,7 @@ def _announce(
     )
     click.echo(
         f"batch {batch}: {_count(jobs, 'job')} "
-        f"({prepared.new_jobs} new{dropped}) against {where}; ledger {ledger_path}",
+        f"({prepared.new_jobs} new{dropped}) against {where}; ledger {store.where}",
         err=True,
     )
 
@@ -255,9 +296,10 @@ def _announce(
 def _finish_paid_work(
     error: ManifestError,
     manifest: str,
-    ledger_path: Path,
+    ledger_path: LedgerTarget,
     endpoint: Endpoint,
     options_from: Callable[[Limits, float | None, Retries], RunOptions],
+    lease_s: float,
 ) -> None:
     """An invalid manifest submits nothing, but tasks already paid for are still finished.
 
@@ -265,13 +307,13 @@ def _finish_paid_work(
     this batch waiting on the API; otherwise finishes it and exits 2 (or 130).
     """
     batch = batch_name_of(manifest)
-    if batch is None or not ledger_path.exists():
+    if batch is None or (ledger_path.path is not None and not ledger_path.path.exists()):
         return
-    with open_ledger(ledger_path, check=True) as store, batch_lock(ledger_path, batch):
+    with open_ledger(ledger_path, check=True) as store, batch_lock(store, batch):
         prepared = prepare_resume_only(store, batch, endpoint)
         if prepared is None:
             return
-        row = store.get_batch(batch)
+        row = store.reads.get_batch(batch)
         assert row is not None
         limits = Limits(**{k: v for k, v in row.limits.items() if k in Limits.__slots__})
         # Nothing is submitted, so the retry policy makes no new attempt either.
@@ -282,14 +324,14 @@ def _finish_paid_work(
             f"jobs of batch {batch} that were already sent",
             err=True,
         )
-        report = anyio.run(_run_with_display, store, prepared, endpoint, options)
+        report = anyio.run(_run_with_display, store, prepared, endpoint, options, lease_s)
     _print_summary(report, ledger_path, manifest)
     click.echo("fix the manifest and run again to submit the rest", err=True)
     click.get_current_context().exit(Exit.INTERRUPTED if report.interrupted else Exit.USAGE)
 
 
 async def _run_with_display(
-    store: Ledger, prepared: Any, endpoint: Endpoint, options: Any
+    store: Ledger, prepared: Prepared, endpoint: Endpoint, options: RunOptions, lease_s: float
 ) -> RunReport:
     reports: list[RunReport] = []
     errors: list[BatchvidError] = []
@@ -300,7 +342,11 @@ async def _run_with_display(
             tg.start_soon(_show_progress, runner)
 
         try:
-            reports.append(await run_batch(store, prepared, endpoint, options, on_runner=attach))
+            reports.append(
+                await run_batch(
+                    store, prepared, endpoint, options, on_runner=attach, lease_s=lease_s
+                )
+            )
         except BatchvidError as exc:  # raised after the group, not wrapped in an ExceptionGroup
             errors.append(exc)
         tg.cancel_scope.cancel()
@@ -342,7 +388,7 @@ async def _show_progress(runner: Runner) -> None:
     last = ""
     while True:
         await anyio.sleep(10.0)
-        line = _progress_line(runner.snapshot())
+        line = _progress_line(await runner.snapshot())
         if line != last:
             click.echo(line, err=True)
             last = line
@@ -356,8 +402,7 @@ async def _live_display(runner: Runner) -> None:
 
     console = Console(stderr=True)
 
-    def render() -> Group:
-        snap = runner.snapshot()
+    def render(snap: Snapshot) -> Group:
         table = Table.grid(padding=(0, 2))
         table.add_row(*(Text(s, style="bold") for s in _shown_states(snap)))
         table.add_row(*(str(snap.counts.get(s, 0)) for s in _shown_states(snap)))
@@ -366,10 +411,12 @@ async def _live_display(runner: Runner) -> None:
             parts.append(Text(f"  ! {failure}", style="red"))
         return Group(*parts)
 
-    with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
+    with Live(
+        render(await runner.snapshot()), console=console, refresh_per_second=4, transient=False
+    ) as live:
         while True:
             await anyio.sleep(0.25)
-            live.update(render())
+            live.update(render(await runner.snapshot()))
 
 
 def _shown_states(snap: Snapshot) -> list[str]:
@@ -392,7 +439,7 @@ def _progress_line(snap: Snapshot) -> str:
     return f"[{time.strftime('%H:%M:%S')}] {snap.batch}: {counts}; {_rate_eta(snap)}"
 
 
-def _print_summary(report: RunReport, ledger_path: Path, manifest: str) -> None:
+def _print_summary(report: RunReport, ledger_path: LedgerTarget, manifest: str) -> None:
     counts = " ".join(f"{s}={report.counts[s]}" for s in _ORDER if report.counts.get(s))
     total = sum(report.counts.values())
     head = "interrupted" if report.interrupted else "stopped" if report.halted else "finished"
@@ -420,7 +467,7 @@ def _print_summary(report: RunReport, ledger_path: Path, manifest: str) -> None:
         click.echo("- the budget stopped further submissions (raise budget_usd to go on)")
     for line in _retry_lines(report):
         click.echo(line)
-    if ledger_path != Path(os.environ.get("BATCHVID_LEDGER") or DEFAULT_LEDGER):
+    if ledger_path != ledger_target_of(None):
         click.echo(f"ledger: {ledger_path}")
 
 

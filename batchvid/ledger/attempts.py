@@ -12,39 +12,44 @@ found again); if it finishes, its video is an extra take.
 
 from __future__ import annotations
 
-import sqlite3
+import json
 from typing import Final
 
 from ..states import POLLING_STATES, JobState
-from .core import LedgerCore
+from .core import Mover
+from .engine import Tx
 from .rows import EXTRA_KEY_MARK, AutoRetry, JobRow
 
-__all__ = ["NEW_ATTEMPT", "AttemptTransitions"]
+__all__ = ["NEW_ATTEMPT", "AttemptMoves"]
 
 S = JobState
 
-#: Per-attempt fields, cleared when a job goes back to pending for a new attempt.
-NEW_ATTEMPT: Final = """task_id = NULL, remote_status = NULL, progress = NULL, polls = 0,
+#: Per-attempt fields, cleared when a job goes back to pending for a new attempt (but
+#: ``error_message``: see :data:`NEW_ATTEMPT`).
+_CLEARED: Final = """task_id = NULL, remote_status = NULL, progress = NULL, polls = 0,
     next_poll_at = NULL, watch_started_at = NULL, video_url = NULL,
-    video_url_expires_at = NULL, error_code = NULL, error_message = NULL,
+    video_url_expires_at = NULL, error_code = NULL,
     download_errors = 0, submitted_utc = NULL, queued_utc = NULL, started_utc = NULL,
     completed_utc = NULL, finished_utc = NULL, sent_at = NULL, answered_at = NULL,
     last_running_at = NULL, server_created_at = NULL, server_completed_at = NULL,
     render_lo_s = NULL, render_hi_s = NULL, render_s = NULL, next_download_at = NULL,
     bad_downloads = 0"""
+#: ... and the last attempt's error too.
+NEW_ATTEMPT: Final = _CLEARED + ", error_message = NULL"
 #: The columns an earlier attempt split off a job keeps as they were (see ``_split_off``).
 _KEPT: Final = tuple(
     c
     for c in JobRow._fields
     if c not in {"id", "key", "billable_attempts", "next_poll_at", "watch_started_at",
-                 "next_download_at", "updated_utc", "retries_json", "retry_at", "extra_of"}
+                 "next_download_at", "updated_utc", "retries_json", "retry_at", "extra_of",
+                 "claimed_by"}
 )  # fmt: skip
 
 
 _POLLED: Final = ", ".join(f"'{s.value}'" for s in sorted(POLLING_STATES))
 
 
-class AttemptTransitions(LedgerCore):
+class AttemptMoves(Mover):
     """Attempts that end without a video, and the new ones the retry policy makes."""
 
     def record_failed(
@@ -64,12 +69,12 @@ class AttemptTransitions(LedgerCore):
         the attempt is first split off and watched from then on (a task upstream
         lost may be found again); returns the id of that row.
         """
-        with self._write() as conn:
+        with self._engine.write() as tx:
             kept = None
             if retry is not None and watch_at is not None:
-                kept = self._split_off(conn, job_id, watch_at)
+                kept = self._split_off(tx, job_id, watch_at)
             self._step(
-                conn,
+                tx,
                 job_id,
                 "fail",
                 POLLING_STATES | {S.COMPLETED},
@@ -81,7 +86,7 @@ class AttemptTransitions(LedgerCore):
                 {"code": code, "message": message},
             )
             if retry is not None:
-                self._new_attempt(conn, job_id, S.FAILED, retry, message, kept_as=kept)
+                self._new_attempt(tx, job_id, S.FAILED, retry, message, kept_as=kept)
             return kept
 
     def record_undecodable(self, job_id: int, message: str) -> None:
@@ -118,12 +123,12 @@ class AttemptTransitions(LedgerCore):
         watched from ``watch_at`` on (see :meth:`_split_off`); returns that
         row's id.  One transaction.
         """
-        with self._write() as conn:
+        with self._engine.write() as tx:
             kept = None
             if retry is not None:
-                kept = self._split_off(conn, job_id, self.clock() if watch_at is None else watch_at)
+                kept = self._split_off(tx, job_id, self.clock() if watch_at is None else watch_at)
             self._step(
-                conn,
+                tx,
                 job_id,
                 "stall",
                 POLLING_STATES,
@@ -134,12 +139,12 @@ class AttemptTransitions(LedgerCore):
                 {"reason": reason},
             )
             if retry is not None:
-                self._new_attempt(conn, job_id, S.STALLED, retry, reason, kept_as=kept)
+                self._new_attempt(tx, job_id, S.STALLED, retry, reason, kept_as=kept)
             return kept
 
     def _new_attempt(
         self,
-        conn: sqlite3.Connection,
+        tx: Tx,
         job_id: int,
         src: JobState,
         retry: AutoRetry,
@@ -148,9 +153,11 @@ class AttemptTransitions(LedgerCore):
         kept_as: int | None = None,
     ) -> None:
         """``src`` -> pending by the retry policy: a new attempt, not before ``retry_at``."""
-        task_id, attempts = conn.execute(
-            "SELECT task_id, attempts FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
+        row = tx.one("SELECT task_id, attempts, retries_json FROM jobs WHERE id = ?", (job_id,))
+        assert row is not None
+        task_id, attempts, retries_text = row
+        retries = json.loads(retries_text)
+        retries[retry.kind] = int(retries.get(retry.kind, 0)) + 1
         detail = {
             "retry": retry.kind,
             "rule": retry.rule,
@@ -160,23 +167,22 @@ class AttemptTransitions(LedgerCore):
             **({"kept_as_job": kept_as} if kept_as is not None else {}),
         }
         self._step(
-            conn,
+            tx,
             job_id,
             f"retry ({retry.rule})",
             {src},
             S.PENDING,
-            f"""{NEW_ATTEMPT}, retry_at = :retry_at, error_message = :why,
-               retries_json = json_set(retries_json, '$.' || :kind,
-                   coalesce(json_extract(retries_json, '$.' || :kind), 0) + 1)""",
+            f"""{_CLEARED}, retry_at = :retry_at, error_message = :why,
+               retries_json = :retries""",
             {
                 "retry_at": retry.retry_at,
                 "why": f"{retry.kind}, retried: {why}",
-                "kind": retry.kind,
+                "retries": json.dumps(retries),
             },
             detail,
         )
 
-    def _split_off(self, conn: sqlite3.Connection, job_id: int, watch_at: float) -> int:
+    def _split_off(self, tx: Tx, job_id: int, watch_at: float) -> int:
         """Copy a job's attempt, as it stands, into a row of its own: the extra take.
 
         Called before the attempt is ended on the job.  The copy keeps the task,
@@ -190,21 +196,22 @@ class AttemptTransitions(LedgerCore):
             "id": job_id,
             "watch_at": watch_at,
             "mark": EXTRA_KEY_MARK,
-            **self._stamp(),
+            **self._context.stamp(),
         }
         polled = f"CASE WHEN state IN ({_POLLED}) THEN :watch_at END"
-        new_id = conn.execute(
+        row = tx.one(
             f"""INSERT INTO jobs ({kept}, key, billable_attempts, next_poll_at,
                 watch_started_at, updated_utc, extra_of)
             SELECT {kept}, key || :mark || attempts, 0, {polled}, :now_at, :now, id
-            FROM jobs WHERE id = :id""",
+            FROM jobs WHERE id = :id RETURNING id""",
             values,
-        ).lastrowid
-        conn.execute(
+        )
+        assert row is not None
+        new_id = int(row[0])
+        tx.execute(
             """INSERT INTO events (job_id, from_state, to_state, at_utc, detail_json)
             SELECT ?, from_state, to_state, at_utc, detail_json FROM events
             WHERE job_id = ? ORDER BY id""",
             (new_id, job_id),
         )
-        assert new_id is not None
-        return int(new_id)
+        return new_id

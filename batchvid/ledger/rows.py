@@ -8,7 +8,6 @@ return.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from ..states import JobState
 from ..video import VideoFacts
 
 __all__ = [
+    "BATCH_COLUMNS",
+    "EVENT_COLUMNS",
     "EXTRA_KEY_MARK",
     "JOB_COLUMNS",
     "AutoRetry",
@@ -196,6 +197,8 @@ class JobRow(NamedTuple):
     normalised: str | None
     poster_path: str | None
     bad_downloads: int
+    #: On a shared ledger, the worker that has taken the job (see ``leases``); else None.
+    claimed_by: str | None
 
     @property
     def facts(self) -> VideoFacts | None:
@@ -241,7 +244,7 @@ class JobRow(NamedTuple):
         return max(0.0, _epoch(self.completed_utc) - _epoch(start))
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row | tuple[Any, ...]) -> JobRow:
+    def from_row(cls, row: Sequence[Any]) -> JobRow:
         """Build from a row selected as ``SELECT {JOB_COLUMNS} FROM jobs`` (that order)."""
         values: list[Any] = list(row)
         values[_STATE] = _STATES[values[_STATE]]
@@ -319,19 +322,21 @@ class BatchRow:
     """The retry policy (``retry:``) the batch last ran under; empty: never run with one."""
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> BatchRow:
+    def from_row(cls, row: Sequence[Any]) -> BatchRow:
+        """Build from a row selected as ``SELECT {BATCH_COLUMNS} FROM batches``."""
+        name, path, sha, out, limits, pricing, budget, created, updated, endpoint, retry = row
         return cls(
-            name=row["name"],
-            manifest_path=row["manifest_path"],
-            manifest_sha256=row["manifest_sha256"],
-            output_dir=row["output_dir"],
-            limits=json.loads(row["limits_json"]),
-            pricing=json.loads(row["pricing_json"]),
-            budget_usd=row["budget_usd"],
-            created_utc=row["created_utc"],
-            updated_utc=row["updated_utc"],
-            endpoint=row["endpoint"],
-            retry=json.loads(row["retry_json"]),
+            name=name,
+            manifest_path=path,
+            manifest_sha256=sha,
+            output_dir=out,
+            limits=json.loads(limits),
+            pricing=json.loads(pricing),
+            budget_usd=budget,
+            created_utc=created,
+            updated_utc=updated,
+            endpoint=endpoint,
+            retry=json.loads(retry),
         )
 
 
@@ -347,13 +352,23 @@ class Event:
     detail: dict[str, Any] | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Event:
-        detail = row["detail_json"]
+    def from_row(cls, row: Sequence[Any]) -> Event:
+        """Build from a row selected as ``SELECT {EVENT_COLUMNS} FROM events``."""
+        event_id, job_id, src, dst, at_utc, detail = row
         return cls(
-            id=row["id"],
-            job_id=row["job_id"],
-            from_state=JobState(row["from_state"]),
-            to_state=JobState(row["to_state"]),
-            at_utc=row["at_utc"],
+            id=event_id,
+            job_id=job_id,
+            from_state=JobState(src),
+            to_state=JobState(dst),
+            at_utc=at_utc,
             detail=json.loads(detail) if detail is not None else None,
         )
+
+
+#: The ``batches`` columns in :meth:`BatchRow.from_row` order.
+BATCH_COLUMNS: Final = (
+    "name, manifest_path, manifest_sha256, output_dir, limits_json, pricing_json, budget_usd,"
+    " created_utc, updated_utc, endpoint, retry_json"
+)
+#: The ``events`` columns in :meth:`Event.from_row` order.
+EVENT_COLUMNS: Final = "id, job_id, from_state, to_state, at_utc, detail_json"

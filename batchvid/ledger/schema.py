@@ -1,63 +1,56 @@
-"""The ledger's file: opening it (WAL, pragmas) and its append-only schema migrations.
+"""The ledger's schema: append-only migration steps, shared by every backend.
 
-Every ``m00N_...`` step is registered with ``sqlite_utils.Migrations("batchvid")``
-and runs once, in a transaction, recorded in ``_sqlite_migrations``.  Never
-edit a step that has shipped: append a new one.
-
-Opening a ledger that is already current reads ``_sqlite_migrations`` with
-plain SQL and never imports sqlite-utils (about 0.1 s of imports, most of what
-``batchvid status`` would otherwise spend); :func:`migrations` builds the
-``Migrations`` set only when a step is pending.
+Each ``m00N_...`` step runs once, in a transaction, and is recorded by name
+(SQLite: in sqlite-utils' ``_sqlite_migrations``; PostgreSQL: in
+``batchvid_migrations``), so both backends share one history.  Steps are
+written in SQLite's spelling (``db.execute(sql)``); the PostgreSQL backend
+maps the column types (see :mod:`batchvid.ledger.postgres`).  Never edit a
+step that has shipped: append a new one.
 """
 
 from __future__ import annotations
 
-import functools
-import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
 
 from ..errors import LedgerError
 
-if TYPE_CHECKING:
-    import sqlite_utils
+__all__ = ["MIGRATION_SET", "NEVER", "STEPS", "Schema", "unapplied"]
 
-__all__ = [
-    "BUSY_TIMEOUT_MS",
-    "MIGRATION_SET",
-    "NEVER",
-    "migrations",
-    "open_connection",
-    "open_read_only",
-]
-
-#: How long a writer waits for another process's transaction before giving up.
-BUSY_TIMEOUT_MS: Final = 10_000
-#: The ``migration_set`` of batchvid's rows in ``_sqlite_migrations``.
+#: The ``migration_set`` batchvid's steps are recorded under.
 MIGRATION_SET: Final = "batchvid"
 
-_STEPS: list[Callable[[sqlite_utils.Database], None]] = []
+
+class Schema(Protocol):
+    """What a step runs its DDL on (an ``sqlite_utils.Database``, or PostgreSQL's adapter)."""
+
+    def execute(self, sql: str) -> Any: ...
 
 
-def _migration(fn: Callable[[sqlite_utils.Database], None]) -> None:
+#: Every step, in order.
+STEPS: list[Callable[[Any], None]] = []
+
+
+def _migration(fn: Callable[[Any], None]) -> None:
     """Register a schema step.  Append only; never edit one that has shipped."""
-    _STEPS.append(fn)
+    STEPS.append(fn)
 
 
-@functools.cache
-def migrations() -> sqlite_utils.Migrations:
-    """Every step, as the ``sqlite_utils.Migrations`` set that applies and records them."""
-    import sqlite_utils
+def unapplied(applied: Iterable[str], where: str) -> list[str]:
+    """The names of the steps ``applied`` lacks, in order; a LedgerError for steps this
+    batchvid does not know (a newer batchvid wrote the ledger: never downgrade it)."""
+    done = list(applied)
+    known = [fn.__name__ for fn in STEPS]
+    unknown = [name for name in done if name not in known]
+    if unknown:
+        raise LedgerError(
+            f"ledger {where} was written by a newer batchvid (migrations {unknown}): "
+            "upgrade batchvid to use it"
+        )
+    return [name for name in known if name not in done]
 
-    steps = sqlite_utils.Migrations(MIGRATION_SET)
-    for fn in _STEPS:
-        steps()(fn)
-    return steps
 
-
-def m001_initial(db: sqlite_utils.Database) -> None:
+def m001_initial(db: Schema) -> None:
     """Batches, their jobs, and every job's state changes."""
     db.execute("""
         CREATE TABLE batches (
@@ -136,7 +129,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
 _migration(m001_initial)
 
 
-def m002_axes_and_endpoint(db: sqlite_utils.Database) -> None:
+def m002_axes_and_endpoint(db: Schema) -> None:
     """Each job's matrix values (for reports laid out on them); each batch's API endpoint.
 
     ``jobs.axes_json`` is a JSON list of ``[name, value]`` pairs in manifest order;
@@ -149,7 +142,7 @@ def m002_axes_and_endpoint(db: sqlite_utils.Database) -> None:
 _migration(m002_axes_and_endpoint)
 
 
-def m003_download_queue(db: sqlite_utils.Database) -> None:
+def m003_download_queue(db: Schema) -> None:
     """A small index over just the completed jobs: the runner's download queue."""
     db.execute(
         """CREATE INDEX jobs_download_queue ON jobs (batch, video_url_expires_at, idx)
@@ -160,7 +153,7 @@ def m003_download_queue(db: sqlite_utils.Database) -> None:
 _migration(m003_download_queue)
 
 
-def m004_render_evidence(db: sqlite_utils.Database) -> None:
+def m004_render_evidence(db: Schema) -> None:
     """What each task proves about render times, so the poll schedule learns without drift.
 
     Runner-clock unix seconds (``..._at``): ``sent_at`` (the create left),
@@ -192,7 +185,7 @@ def m004_render_evidence(db: sqlite_utils.Database) -> None:
 _migration(m004_render_evidence)
 
 
-def m005_download_schedule(db: sqlite_utils.Database) -> None:
+def m005_download_schedule(db: Schema) -> None:
     """When a completed job's next download may start (runner-clock unix seconds).
 
     Set after a failed try (its back-off) and to :data:`NEVER` once its tries
@@ -208,7 +201,7 @@ _migration(m005_download_schedule)
 NEVER: Final = 1e18
 
 
-def m006_retries(db: sqlite_utils.Database) -> None:
+def m006_retries(db: Schema) -> None:
     """Automatic new attempts (the manifest's ``retry:``) and the earlier attempts they keep.
 
     - ``jobs.retries_json``: the automatic new attempts made so far, per kind of
@@ -234,7 +227,7 @@ def m006_retries(db: sqlite_utils.Database) -> None:
 _migration(m006_retries)
 
 
-def m007_video_facts(db: sqlite_utils.Database) -> None:
+def m007_video_facts(db: Schema) -> None:
     """What each downloaded video holds (probed), its poster, and bad files fetched.
 
     ``width``/``height``/``duration_s``/``fps``/``vcodec``/``has_audio`` are
@@ -260,130 +253,38 @@ def m007_video_facts(db: sqlite_utils.Database) -> None:
 _migration(m007_video_facts)
 
 
-def _connect(path: Path, target: str | Path, *, uri: bool = False) -> sqlite3.Connection:
-    """A connection in autocommit mode (every write an explicit transaction), rows by name."""
-    try:
-        conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
-    except sqlite3.Error as exc:
-        raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
-    conn.row_factory = sqlite3.Row
-    return conn
+def m008_workers(db: Schema) -> None:
+    """Workers sharing a batch (a PostgreSQL ledger), the jobs they hold, shared rate buckets.
 
-
-@contextmanager
-def _closed_on_failure(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
-    """Setting up ``conn``: on any failure close it; SQLite's errors become LedgerErrors."""
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        yield
-    except BaseException as exc:
-        conn.close()
-        if isinstance(exc, sqlite3.Error):
-            raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
-        raise
-
-
-def open_connection(path: Path) -> sqlite3.Connection:
-    """Open (creating folders and file if need be), configure and migrate a ledger file.
-
-    The connection is in autocommit mode (``isolation_level=None``): every
-    write is an explicit ``BEGIN IMMEDIATE ... COMMIT``.  WAL lets readers
-    (``status``) run beside the writer.  ``synchronous=NORMAL`` in WAL mode
-    loses nothing when the process is killed; the writes that must also
-    survive a power cut (a create's intent and its task id) ask for
-    ``FULL`` for their own commit, which makes every commit before them
-    durable too (see ``Ledger._write``).
+    - ``workers``: one row per ``batchvid run`` process that joined a batch;
+      its lease ends at ``lease_until`` (the database's clock, unix seconds),
+      renewed every few seconds; ``alone``: it runs its own simulator, so no
+      other worker may share the batch with it;
+    - ``jobs.claimed_by``: the worker that has taken the job (``NULL``: none);
+    - ``rate_buckets``: the rate limiter every worker using one API key shares
+      (``key`` a hash of endpoint and key, never the key), its state as JSON.
     """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
-    conn = _connect(path, path)
-    with _closed_on_failure(conn, path):
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            raise LedgerError(f"ledger {path}: WAL mode unavailable (got {mode})")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        _migrate(conn, path)
-    return conn
+    db.execute("""
+        CREATE TABLE workers (
+            id TEXT PRIMARY KEY,
+            batch TEXT NOT NULL REFERENCES batches (name),
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            lease_s REAL NOT NULL,
+            lease_until REAL NOT NULL,
+            alone INTEGER NOT NULL DEFAULT 0,
+            started_utc TEXT NOT NULL,
+            stopped_utc TEXT
+        )""")
+    db.execute("CREATE INDEX workers_batch ON workers (batch, lease_until)")
+    db.execute("ALTER TABLE jobs ADD COLUMN claimed_by TEXT")
+    db.execute("CREATE INDEX jobs_claimed ON jobs (claimed_by) WHERE claimed_by IS NOT NULL")
+    db.execute("""
+        CREATE TABLE rate_buckets (
+            key TEXT PRIMARY KEY,
+            state_json TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""")
 
 
-def open_read_only(path: Path) -> sqlite3.Connection:
-    """Open an existing, current ledger for reading only: no file is created or migrated.
-
-    For reports and status beside a running batch (WAL lets them read while it
-    writes).  A missing file, a non-ledger, or a ledger that still needs a
-    migration is a :class:`LedgerError`.
-    """
-    if not path.is_file():
-        raise LedgerError(f"no ledger at {path}")
-    uri = path.resolve().as_uri()
-    conn = _connect(path, f"{uri}?mode=ro", uri=True)
-    try:
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.OperationalError:
-        conn.close()
-        # A read-only mount: SQLite cannot make the WAL's shared-memory file.  With no
-        # WAL content waiting, the file is all there is: read it as immutable.
-        wal = path.with_name(path.name + "-wal")
-        if wal.exists() and wal.stat().st_size:
-            raise LedgerError(
-                f"cannot read ledger {path} here: its recent changes are in {wal.name}, "
-                "which needs a writable folder (copy the ledger and its -wal file elsewhere)"
-            ) from None
-        conn = _connect(path, f"{uri}?mode=ro&immutable=1", uri=True)
-    except sqlite3.Error as exc:  # not a database at all
-        conn.close()
-        raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
-    with _closed_on_failure(conn, path):
-        conn.execute("PRAGMA query_only = ON")
-        pending = _pending(conn, path)
-        if pending and len(pending) == len(_STEPS):
-            raise LedgerError(f"{path} is not a batchvid ledger")
-        if pending:
-            raise LedgerError(
-                f"ledger {path} predates this batchvid (needs {', '.join(pending)}): "
-                "any command that writes to it (such as `batchvid run`) upgrades it"
-            )
-    return conn
-
-
-def _pending(conn: sqlite3.Connection, path: Path) -> list[str]:
-    """Names of the steps not yet applied; a LedgerError for steps this batchvid doesn't know."""
-    has_table = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlite_migrations'"
-    ).fetchone()
-    applied = (
-        [
-            row[0]
-            for row in conn.execute(
-                "SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid",
-                (MIGRATION_SET,),
-            )
-        ]
-        if has_table
-        else []
-    )
-    known = [fn.__name__ for fn in _STEPS]
-    unknown = [name for name in applied if name not in known]
-    if unknown:
-        raise LedgerError(f"ledger {path} was written by a newer batchvid (migrations {unknown})")
-    return [name for name in known if name not in applied]
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    if not _pending(conn, path):
-        return
-    import sqlite_utils
-
-    db = sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
-    # One opener migrates; a concurrent one waits for the lock, then finds nothing pending.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        migrations().apply(db)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+_migration(m008_workers)

@@ -1,164 +1,28 @@
-"""The transitions of a run: a job's create, its polls and its download, as named writes.
+"""A task's life after its create, as named writes: its polls, completion and download.
 
 How an attempt ends without a video (failed, stalled) and the new attempts
-the retry policy makes are in :mod:`batchvid.ledger.attempts`.
-
-Every method is one state change (or same-state update) and its event,
-atomic (see :mod:`batchvid.ledger.core`).  Cost is counted per attempt:
-``billable_attempts`` is raised when a create intent is recorded and lowered
-only when the request provably did no work (``release_unsent``) or was refused
-(``record_rejected``).  So :meth:`~batchvid.ledger.Ledger.committed_cost` is
-``sum(est_cost_usd * billable_attempts)``: in-flight, in-doubt, finished and
-failed-then-retried attempts all count.
+the retry policy makes are in :mod:`batchvid.ledger.attempts`; the create's
+own writes in :mod:`batchvid.ledger.submits`.  Every method is one state
+change (or same-state update) and its event, atomic (see
+:mod:`batchvid.ledger.core`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import IllegalTransition, LedgerError
 from ..states import POLLING_STATES, JobState, poll_state
 from ..video import VideoFacts
-from .core import LedgerCore
-from .rows import RenderSample, utc_iso
+from .core import Mover
+from .rows import RenderSample
 
-__all__ = ["RunTransitions"]
+__all__ = ["TaskMoves"]
 
 S = JobState
 
 
-class RunTransitions(LedgerCore):
-    """The writes a run makes, one per thing that happens to a job."""
-
-    def begin_submit(self, job_id: int) -> None:
-        """pending -> submitting: the intent, durable before the create request is sent."""
-        self.begin_submit_many([job_id])
-
-    def begin_submit_many(self, job_ids: Iterable[int]) -> None:
-        """pending -> submitting for several jobs in one transaction (all or none).
-
-        Raises ``attempts`` and ``billable_attempts`` by one each.
-        """
-        ids = list(dict.fromkeys(job_ids))
-        if not ids:
-            return
-        now_at = self.clock()
-        now = utc_iso(now_at)
-        # Durable: the intent must be on disk before the create can leave.
-        with self._write(durable=True) as conn:
-            found = {
-                i: conn.execute("SELECT state FROM jobs WHERE id = ?", (i,)).fetchone() for i in ids
-            }
-            missing = [str(i) for i, row in found.items() if row is None]
-            if missing:
-                raise LedgerError(f"no job with id {', '.join(missing)}")
-            wrong = [f"{i} ({row[0]})" for i, row in found.items() if row[0] != S.PENDING]
-            if wrong:
-                raise IllegalTransition(f"only pending jobs can be submitted: {', '.join(wrong)}")
-            # Per-id statements: an IN-list can lead the planner to the state index.
-            updated = conn.executemany(
-                """UPDATE jobs SET state = 'submitting', attempts = attempts + 1,
-                    billable_attempts = billable_attempts + 1, submitted_utc = :now,
-                    sent_at = :now_at, error_code = NULL, error_message = NULL,
-                    retry_at = NULL, updated_utc = :now
-                WHERE id = :id AND state = 'pending'""",
-                [{"id": i, "now": now, "now_at": now_at} for i in ids],
-            ).rowcount
-            if updated != len(ids):  # cannot happen while we hold the write lock
-                raise IllegalTransition("jobs changed under us during submit")
-            conn.executemany(
-                "INSERT INTO events (job_id, from_state, to_state, at_utc, detail_json)"
-                " SELECT id, 'pending', 'submitting', :now, json_object('attempt', attempts)"
-                " FROM jobs WHERE id = :id",
-                [{"id": i, "now": now} for i in ids],
-            )
-
-    def record_submitted(
-        self,
-        job_id: int,
-        task_id: str,
-        remote_status: str | None,
-        next_poll_at: float,
-        *,
-        seen: JobState | None = None,
-        server_created_at: float | None = None,
-        recovered: bool = False,
-    ) -> JobState:
-        """submitting -> queued (or in_progress, if the server says so): the task exists.
-
-        ``remote_status`` is kept as the server wrote it; ``seen`` is the job
-        state it means (the caller's reading of it: ``None`` for a word it does
-        not know).  ``server_created_at``: the task's ``created_at`` as sent.
-        ``recovered``: the id comes from the recovery file (see
-        :mod:`batchvid.run.recovery`), so an ``in_doubt`` job takes it too.
-        """
-        if not task_id:
-            raise ValueError("task_id must not be empty")
-        started = seen is S.IN_PROGRESS
-        return self._move(
-            job_id,
-            "record a task for",
-            {S.SUBMITTING, S.IN_DOUBT} if recovered else {S.SUBMITTING},
-            S.IN_PROGRESS if started else S.QUEUED,
-            """task_id = :task_id, remote_status = :remote_status, progress = 0,
-               next_poll_at = :next_poll_at, watch_started_at = :now_at, queued_utc = :now,
-               answered_at = :now_at, server_created_at = :server_created_at,
-               error_message = NULL, finished_utc = NULL,
-               started_utc = CASE WHEN :started THEN :now END""",
-            {
-                "task_id": task_id,
-                "remote_status": remote_status,
-                "next_poll_at": next_poll_at,
-                "started": started,
-                "server_created_at": server_created_at,
-            },
-            {
-                "task_id": task_id,
-                "remote_status": remote_status,
-                "first_poll_in_s": round(next_poll_at - self.clock(), 3),
-                **({"recovered": True} if recovered else {}),
-            },
-            durable=True,  # a paid task's id must survive a power cut
-        )
-
-    def record_rejected(self, job_id: int, code: str | None, message: str) -> None:
-        """submitting -> rejected: the create was refused (400); no task, nothing billed."""
-        self._move(
-            job_id,
-            "reject",
-            {S.SUBMITTING},
-            S.REJECTED,
-            """billable_attempts = billable_attempts - 1, error_code = :code,
-               error_message = :message, finished_utc = :now""",
-            {"code": code, "message": message},
-            {"code": code, "message": message},
-        )
-
-    def record_in_doubt(self, job_id: int, detail: str) -> None:
-        """submitting -> in_doubt: the create was sent but its answer was lost."""
-        self._move(
-            job_id,
-            "mark in doubt",
-            {S.SUBMITTING},
-            S.IN_DOUBT,
-            "error_message = :reason, finished_utc = :now",
-            {"reason": detail},
-            {"reason": detail},
-        )
-
-    def release_unsent(self, job_id: int, detail: str) -> None:
-        """submitting -> pending: the request provably never did any work (429, connect error)."""
-        self._move(
-            job_id,
-            "release",
-            {S.SUBMITTING},
-            S.PENDING,
-            """billable_attempts = billable_attempts - 1, submitted_utc = NULL,
-               error_message = :reason""",
-            {"reason": detail},
-            {"reason": detail},
-        )
+class TaskMoves(Mover):
+    """The writes a task's polls and download make, one per thing that happens to it."""
 
     # -- transitions: polling and downloading -------------------------------------
 
@@ -226,7 +90,7 @@ class RunTransitions(LedgerCore):
                next_poll_at = NULL, completed_utc = :now,
                server_created_at = coalesce(:server_created_at, server_created_at),
                server_completed_at = :server_completed_at, render_lo_s = :lo, render_hi_s = :hi,
-               render_s = coalesce(:render_s, (:lo + :hi) / 2)""",
+               render_s = :render_s""",
             {
                 "url": video_url,
                 "expires_at": expires_at,
@@ -235,7 +99,7 @@ class RunTransitions(LedgerCore):
                 "server_completed_at": server_completed_at,
                 "lo": render.lo if render else None,
                 "hi": render.hi if render else None,
-                "render_s": render_s,
+                "render_s": render.mid if render_s is None and render else render_s,
             },
         )
 
@@ -250,6 +114,7 @@ class RunTransitions(LedgerCore):
             S.COMPLETED,
             "video_url = :url, video_url_expires_at = :expires_at, polls = polls + :queries",
             {"url": video_url, "expires_at": expires_at, "queries": queries},
+            ends_work=False,  # the download's outcome is recorded next
         )
 
     def record_downloaded(

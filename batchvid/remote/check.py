@@ -5,24 +5,21 @@ complete file and returns what it found, or raises
 :class:`~batchvid.errors.Undecodable`.  :func:`run_check` runs it in a daemon
 thread of its own for at most :data:`CHECK_TIMEOUT_S`: anyio's worker threads
 are waited for when the process exits, so a check that never returned would
-keep a finished run from exiting; this thread is left to end by itself.
+keep a finished run from exiting; such a thread is left to end by itself
+(see :mod:`batchvid.threads`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
 
 from ..errors import Undecodable
+from ..threads import DaemonThreads
 
 __all__ = ["CHECK_TIMEOUT_S", "Check", "run_check"]
 
@@ -31,6 +28,8 @@ __all__ = ["CHECK_TIMEOUT_S", "Check", "run_check"]
 Check = Callable[[Path], object]
 #: How long a check may take before the file counts as bad.
 CHECK_TIMEOUT_S: Final = 60.0
+#: The threads checks run on (as many as downloads are likely to finish at once).
+_CHECKS: Final = DaemonThreads(8, "batchvid-check")
 
 
 async def run_check(check: Check, part: Path, kept: Path) -> object:
@@ -42,35 +41,10 @@ async def run_check(check: Check, part: Path, kept: Path) -> object:
     propagates with ``part`` left where it is, for the next try.
     """
     try:
-        return await _in_daemon_thread(check, part, CHECK_TIMEOUT_S)
+        return await _CHECKS.run(check, part, timeout=CHECK_TIMEOUT_S)
     except TimeoutError:
         error = Undecodable(f"checking the file took over {CHECK_TIMEOUT_S:g} s")
     except Undecodable as exc:
         error = exc
     await anyio.to_thread.run_sync(os.replace, part, kept)
     raise Undecodable(f"{error}; the file as fetched is kept as {kept.name}")
-
-
-async def _in_daemon_thread(work: Check, part: Path, timeout: float) -> object:
-    """``work(part)`` in a daemon thread: its result, its exception, or ``TimeoutError``."""
-    token = anyio.lowlevel.current_token()
-    done = anyio.Event()
-    outcome: list[tuple[bool, object]] = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, work(part)))
-        except BaseException as exc:  # handed to the waiting task
-            outcome.append((False, exc))
-        finally:
-            with contextlib.suppress(RuntimeError):  # the event loop has gone
-                anyio.from_thread.run_sync(done.set, token=token)
-
-    threading.Thread(target=run, name="batchvid-check", daemon=True).start()
-    with anyio.fail_after(timeout):
-        await done.wait()
-    ok, value = outcome[0]
-    if ok:
-        return value
-    assert isinstance(value, BaseException)
-    raise value

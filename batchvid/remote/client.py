@@ -30,6 +30,7 @@ import re
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
     Callable,
     Generator,
     Mapping,
@@ -217,7 +218,7 @@ class CometClient:
     # -- the API -------------------------------------------------------------
 
     async def create(
-        self, request: VideoRequest, *, before_send: Callable[[], None] | None = None
+        self, request: VideoRequest, *, before_send: Callable[[], Awaitable[None]] | None = None
     ) -> Task:
         """``POST /v1/videos``: start one render; the task as first described.
 
@@ -371,7 +372,7 @@ class CometClient:
         idempotent: bool,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-        before_send: Callable[[], None] | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> httpx.Response:
         """Send one API request with retries; the 2xx answer, or raise."""
         async for attempt in self.retrying(backoff_hint):
@@ -388,11 +389,11 @@ class CometClient:
         idempotent: bool,
         content: bytes | None,
         headers: Mapping[str, str] | None,
-        before_send: Callable[[], None] | None,
+        before_send: Callable[[], Awaitable[None]] | None,
     ) -> httpx.Response:
         await self._gate()
         if before_send is not None:
-            before_send()
+            await before_send()
         try:
             response = await self._http.request(
                 method, self._root + path, content=content, headers=headers

@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import anyio
 
@@ -186,6 +186,34 @@ class RateState:
             return
         self._refill(now)
         self.effective_rate = min(self.rate, self.effective_rate + self.recovery_step)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state that changes (not the settings), as JSON-ready data (see :meth:`restore`)."""
+        return {
+            "effective_rate": self.effective_rate,
+            "tokens": self.tokens,
+            "refilled_at": self.refilled_at,
+            "paused_until": None if self.paused_until == -math.inf else self.paused_until,
+            "log": list(self.log),
+            "grants": self.grants,
+            "penalties": self.penalties,
+            "last_grant_at": self.last_grant_at,
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Take up a :meth:`snapshot` (another process's, perhaps with other settings:
+        the effective rate is kept within this one's)."""
+        if self.rate is not None and saved.get("effective_rate") is not None:
+            rate = float(saved["effective_rate"])
+            self.effective_rate = max(self.min_rate, min(self.rate, rate))
+        self.tokens = min(float(self.burst), float(saved.get("tokens", self.tokens)))
+        self.refilled_at = float(saved.get("refilled_at", self.refilled_at))
+        paused = saved.get("paused_until")
+        self.paused_until = -math.inf if paused is None else float(paused)
+        self.log.extend(float(t) for t in saved.get("log", ()))
+        self.grants = int(saved.get("grants", 0))
+        self.penalties = int(saved.get("penalties", 0))
+        self.last_grant_at = saved.get("last_grant_at")
 
     def stats(self, waiting: int = 0) -> RateStats:
         return RateStats(

@@ -45,8 +45,9 @@ from typing import Any, Final, NamedTuple
 
 from ..catalogue import API_FIELDS
 from ..errors import LedgerError
-from ..ledger.queries import LedgerQueries
+from ..ledger.reads import Reads
 from ..ledger.rows import BatchRow, JobRow, utc_iso
+from ..ledger.store import Ledger
 from ..states import FAILED_STATES, RENDERED_STATES, JobState
 from .advice import Step, next_steps
 
@@ -363,16 +364,17 @@ def _model_summary(model: str, jobs: list[JobRow], render: dict[int, float]) -> 
     )
 
 
-def load_report(ledger: LedgerQueries, batch: str, *, now: float | None = None) -> ReportData:
-    """Read ``batch`` from ``ledger`` (read-only) and compute its report.
+def load_report(ledger: Ledger | Reads, batch: str, *, now: float | None = None) -> ReportData:
+    """Read ``batch`` from ``ledger`` (read-only is enough) and compute its report.
 
     Raises :class:`LedgerError` when the ledger has no such batch.
     """
-    row = ledger.get_batch(batch)
+    reads = ledger.reads if isinstance(ledger, Ledger) else ledger
+    row = reads.get_batch(batch)
     if row is None:
-        known = ", ".join(b.name for b in ledger.batches()) or "none"
-        raise LedgerError(f"no batch named {batch!r} in {ledger.path} (batches: {known})")
-    return build_report(row, ledger.jobs(batch), now=time.time() if now is None else now)
+        known = ", ".join(b.name for b in reads.batches()) or "none"
+        raise LedgerError(f"no batch named {batch!r} in {reads.where} (batches: {known})")
+    return build_report(row, reads.jobs(batch), now=time.time() if now is None else now)
 
 
 # -- small formatting helpers ---------------------------------------------------------

@@ -4,28 +4,41 @@
 ``pending``, known keys keep everything the ledger learned).  ``run_batch``
 opens the one shared HTTP client and rate limiter (and, for ``--simulate``,
 the built-in simulator in-process) and drives a :class:`~batchvid.run.dispatcher.Runner`.
-``batch_lock`` keeps two processes from running the same batch at once.
+
+On SQLite, ``batch_lock`` keeps two processes from running the same batch at
+once.  On a shared ledger (PostgreSQL) any number may: each joins the batch as
+a worker with a lease (:mod:`batchvid.run.lease`), and the rate limit is one
+bucket in the ledger shared by every worker with the same endpoint and key
+(:class:`~batchvid.remote.shared_rate.SharedRateLimiter`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+import anyio
+
 from ..errors import BatchvidError, LedgerError
+from ..ledger.port import RunLedger
 from ..ledger.rows import NewJob, StoredReference
 from ..ledger.store import DEFAULT_LEDGER, Ledger, open_ledger
+from ..ledger.target import LedgerTarget
 from ..manifest.model import Limits
 from ..manifest.plan import Plan, load_plan
 from ..remote.client import CometClient
 from ..remote.ratelimit import RateLimiter
+from ..remote.shared_rate import SharedRateLimiter
 from ..states import PAID_UNFINISHED_STATES
+from .clock import SteadyClock
 from .dispatcher import Runner
+from .lease import DEFAULT_LEASE_S, Lease
 from .options import RunOptions, RunReport
 
 __all__ = [
@@ -92,33 +105,38 @@ def options_for(limits: Limits, overrides: dict[str, Any]) -> RunOptions:
     return replace(options, **merged)
 
 
-def output_dir_for(plan: Plan, ledger_path: Path) -> Path:
-    """The manifest's ``output_dir``, else ``videos/<batch>`` beside the ledger."""
+def output_dir_for(plan: Plan, ledger: LedgerTarget) -> Path:
+    """The manifest's ``output_dir``, else ``videos/<batch>`` beside the ledger's file
+    (for a PostgreSQL ledger, ``state/videos/<batch>`` here)."""
     if plan.manifest.output_dir is not None:
         return plan.manifest.output_dir.resolve()
-    return (ledger_path.resolve().parent / "videos" / plan.batch).resolve()
+    home = ledger.path.resolve().parent if ledger.path is not None else DEFAULT_LEDGER.parent
+    return (home / "videos" / plan.batch).resolve()
 
 
-def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint, ledger_path: Path) -> Prepared:
+def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint) -> Prepared:
     """Record the plan's batch and jobs in the ledger; refuse to mix endpoints.
 
     A batch whose tasks were created on one endpoint cannot be polled on another
-    (a simulator's task ids mean nothing to the real API, and vice versa).
+    (a simulator's task ids mean nothing to the real API, and vice versa).  On a
+    shared ledger where other workers run the batch, never-sent jobs the
+    manifest no longer lists are left alone (those workers may run a newer one).
     """
-    existing = ledger.get_batch(plan.batch)
+    reads, plans = ledger.reads, ledger.plans
+    existing = reads.get_batch(plan.batch)
     known_endpoint = existing.endpoint if existing else None
     if existing is not None and known_endpoint and known_endpoint != endpoint.name:
-        has_tasks = any(j.task_id for j in ledger.jobs(plan.batch))
+        has_tasks = any(j.task_id for j in reads.jobs(plan.batch))
         if has_tasks:
             raise BatchvidError(
                 f"batch {plan.batch!r} in this ledger ran against {known_endpoint}, not "
                 f"{endpoint.name}; its task ids mean nothing there. Use another --ledger "
                 "or another batch name."
             )
-    output_dir = output_dir_for(plan, ledger_path)
+    output_dir = output_dir_for(plan, ledger.target)
     manifest = plan.manifest
     limits = {k: v for k, v in vars_of(manifest.limits).items() if v is not None}
-    ledger.upsert_batch(
+    plans.upsert_batch(
         plan.batch,
         manifest_path=manifest.path.resolve(),
         manifest_sha256=manifest.sha256,
@@ -128,8 +146,10 @@ def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint, ledger_path: Path) -
         budget_usd=manifest.budget_usd,
         endpoint=endpoint.name,
     )
-    new = ledger.upsert_jobs(plan.batch, ledger_jobs(plan))
-    dropped = ledger.drop_unsent(plan.batch, (job.key for job in plan.jobs))
+    new = plans.upsert_jobs(plan.batch, ledger_jobs(plan))
+    dropped = 0
+    if not (ledger.shared and ledger.leases.live(plan.batch)):
+        dropped = plans.drop_unsent(plan.batch, (job.key for job in plan.jobs))
     return Prepared(plan.batch, output_dir, new, len(plan.jobs) - new, dropped)
 
 
@@ -152,10 +172,10 @@ def prepare_resume_only(ledger: Ledger, batch: str, endpoint: Endpoint) -> Prepa
     are still polled and downloaded (nothing new is submitted).  ``None`` when
     the ledger has no such batch or nothing in it is waiting on the API.
     """
-    row = ledger.get_batch(batch)
+    row = ledger.reads.get_batch(batch)
     if row is None:
         return None
-    counts, extras = ledger.counts(batch), ledger.counts(batch, extras=True)
+    counts, extras = ledger.reads.counts(batch), ledger.reads.counts(batch, extras=True)
     waiting = sum(counts[s] + extras[s] for s in PAID_UNFINISHED_STATES)
     if not waiting:
         return None
@@ -171,13 +191,21 @@ def vars_of(limits: Limits) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def batch_lock(ledger_path: Path, batch: str) -> Iterator[None]:
-    """Hold an exclusive lock on one batch of one ledger for as long as it runs.
+def batch_lock(ledger: Ledger | Path, batch: str) -> Iterator[None]:
+    """Hold an exclusive lock on one batch of an SQLite ledger for as long as it runs.
 
     Two runs of one batch would each think the other's in-flight creates were
     interrupted; the second one is refused instead.  The lock dies with the
-    process (kill -9 included), so it never needs cleaning up.
+    process (kill -9 included), so it never needs cleaning up.  A shared
+    ledger takes no lock: its workers share the batch by leases.
     """
+    if isinstance(ledger, Ledger):
+        if ledger.target.path is None:
+            yield
+            return
+        ledger_path = ledger.target.path
+    else:
+        ledger_path = ledger
     real = ledger_path.resolve()  # one lock however the ledger's path is spelled (symlinks)
     lock_path = real.parent / f".{real.name}.{batch}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +226,7 @@ def batch_lock(ledger_path: Path, batch: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _client(base_url: str, api_key: str, limiter: RateLimiter, time_scale: float) -> CometClient:
+def _client(base_url: str, api_key: str, limiter: Limiter, time_scale: float) -> CometClient:
     # A simulator on a fast clock gets its retry waits on the same clock.
     return CometClient(
         base_url, api_key, limiter=limiter, wait_initial=0.5 * time_scale,
@@ -206,9 +234,12 @@ def _client(base_url: str, api_key: str, limiter: RateLimiter, time_scale: float
     )  # fmt: skip
 
 
+Limiter = RateLimiter | SharedRateLimiter
+
+
 @contextlib.asynccontextmanager
 async def _endpoint_client(
-    endpoint: Endpoint, limiter: RateLimiter, time_scale: float
+    endpoint: Endpoint, limiter: Limiter, time_scale: float
 ) -> AsyncIterator[CometClient]:
     if endpoint.simulate:
         # Imported here: the web server stack is only needed for --simulate.
@@ -228,6 +259,22 @@ async def _endpoint_client(
         yield client
 
 
+def _limiter(ledger: RunLedger, endpoint: Endpoint, options: RunOptions) -> Limiter:
+    """One rate for every request: this process's own, or on a shared ledger the bucket
+    every worker using this endpoint and key shares."""
+    window = 60.0 * options.time_scale
+    if not ledger.shared or options.rate_per_minute is None or endpoint.simulate:
+        return RateLimiter(options.rate_per_minute, window=window)
+    # Keyed by a hash: the key itself is never written to the ledger.
+    secret = f"{endpoint.name}\n{endpoint.api_key or ''}".encode()
+    key = hashlib.sha256(b"batchvid rate bucket\n" + secret).hexdigest()[:32]
+    return SharedRateLimiter(
+        lambda change: ledger.call(ledger.buckets.update, key, change),
+        options.rate_per_minute,
+        window=window,
+    )
+
+
 async def run_batch(
     ledger: Ledger,
     prepared: Prepared,
@@ -235,42 +282,89 @@ async def run_batch(
     options: RunOptions,
     *,
     on_runner: Callable[[Runner], None] | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> RunReport:
-    """Run a prepared batch to the end (or a stop); the runner is handed to ``on_runner``."""
+    """Run a prepared batch to the end (or a stop); the runner is handed to ``on_runner``.
+
+    On a shared ledger this process joins the batch as a worker whose lease
+    lasts ``lease_s`` seconds (scaled by ``options.time_scale``) past its last
+    heartbeat, and leaves it at the end, handing back what it held.
+    """
     if endpoint.simulate and options.time_scale == 1.0:
         options = replace(options, time_scale=SIMULATE_TIME_SCALE)
-    limiter = RateLimiter(options.rate_per_minute, window=60.0 * options.time_scale)
-    async with _endpoint_client(endpoint, limiter, options.time_scale) as client:
-        runner = Runner(ledger, client, prepared.batch, prepared.output_dir, options)
-        if on_runner is not None:
-            on_runner(runner)
-        return await runner.run()
+    port = RunLedger(ledger)
+    clock = SteadyClock()
+    lease = None
+    reports: list[RunReport] = []
+    errors: list[BatchvidError] = []
+    try:
+        if port.shared:
+            length = lease_s * options.time_scale
+            joined = clock()
+            worker = await port.call(
+                port.leases.join, prepared.batch, length, alone=endpoint.simulate
+            )
+            lease = Lease(worker, length, confirmed_at=joined)
+        limiter = _limiter(port, endpoint, options)
+        async with (
+            _endpoint_client(endpoint, limiter, options.time_scale) as client,
+            anyio.create_task_group() as tg,  # the shared limiter's 429s: closed first
+        ):
+            if isinstance(limiter, SharedRateLimiter):
+                tg.start_soon(limiter.share_penalties)
+            runner = Runner(
+                port, client, prepared.batch, prepared.output_dir, options, clock=clock, lease=lease
+            )
+            if on_runner is not None:
+                on_runner(runner)
+            try:
+                reports.append(await runner.run())
+            except BatchvidError as exc:  # raised after the group, not in an ExceptionGroup
+                errors.append(exc)
+            finally:
+                tg.cancel_scope.cancel()
+        if errors:
+            raise errors[0]
+        return reports[0]
+    finally:
+        if lease is not None:
+            with anyio.CancelScope(shield=True):
+                await _leave(port, lease, prepared.batch)
+        port.close()
+
+
+async def _leave(port: RunLedger, lease: Lease, batch: str) -> None:
+    """Hand back what this worker holds; a create it left in flight is in doubt now."""
+    with contextlib.suppress(LedgerError):  # else its lease ends by itself, and others do it
+        await port.call(port.leases.leave, lease.worker)
+        await port.call(port.plans.recover_interrupted, batch)
 
 
 async def run_manifest(
     manifest: str | Path,
     *,
-    ledger_path: str | Path = DEFAULT_LEDGER,
+    ledger_path: str | Path | LedgerTarget = DEFAULT_LEDGER,
     endpoint: Endpoint | None = None,
     options: RunOptions | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> RunReport:
     """Plan MANIFEST, record it in the ledger and run it to the end: ``batchvid run`` as a call.
 
-    ``endpoint`` defaults to the built-in simulator; pass
-    ``Endpoint(base_url, api_key)`` for CometAPI.  ``options`` default to the
-    manifest's ``limits``, ``budget_usd`` and ``retry``.  Raises ManifestError for
-    an invalid manifest (nothing is sent), LedgerError when another process runs
-    the batch, AuthError on a 401.
+    ``ledger_path``: a file (SQLite) or a ``postgresql://`` URL.  ``endpoint``
+    defaults to the built-in simulator; pass ``Endpoint(base_url, api_key)`` for
+    CometAPI.  ``options`` default to the manifest's ``limits``, ``budget_usd``
+    and ``retry``.  Raises ManifestError for an invalid manifest (nothing is
+    sent), LedgerError when another process runs the batch on SQLite, AuthError
+    on a 401.
     """
     plan = load_plan(manifest)
     endpoint = endpoint or Endpoint(simulate=True)
-    path = Path(ledger_path)
     if options is None:
         options = replace(
             options_for(plan.manifest.limits, {}),
             budget_usd=plan.manifest.budget_usd,
             retry=plan.manifest.retry,
         )
-    with open_ledger(path, check=True) as ledger, batch_lock(path, plan.batch):
-        prepared = prepare(ledger, plan, endpoint, path)
-        return await run_batch(ledger, prepared, endpoint, options)
+    with open_ledger(ledger_path, check=True) as ledger, batch_lock(ledger, plan.batch):
+        prepared = prepare(ledger, plan, endpoint)
+        return await run_batch(ledger, prepared, endpoint, options, lease_s=lease_s)

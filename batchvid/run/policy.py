@@ -109,6 +109,13 @@ class Budget:
         self.claimed_usd += cost
         return True
 
+    def reached(self, committed: float) -> str:
+        """Why a claim was refused, for the run's failures."""
+        total = committed + self.claimed_usd
+        return (
+            f"budget ${self.limit or 0:,.2f} reached (${total:,.2f} committed): no more submissions"
+        )
+
     def release(self, cost: float | None) -> None:
         """A picked job was sent (the ledger counts it now) or is pending again."""
         self.claims -= 1

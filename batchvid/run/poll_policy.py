@@ -197,14 +197,19 @@ class RenderBook:
     progress: ProgressCalibration = field(default_factory=ProgressCalibration)
     _kinds: dict[Combo, _Kind] = field(default_factory=dict)
 
-    def _kind(self, combo: Combo) -> _Kind:
-        kind = self._kinds.get(combo)
-        if kind is None:
+    def load(self, combo: Combo, samples: Iterable[RenderSample]) -> None:
+        """What earlier runs recorded about renders of one kind (oldest first): given once,
+        before the kind is first used, by a caller that reads it off the event loop."""
+        if combo not in self._kinds:
             kind = _Kind(RenderModel(DOCS_PRIOR.scaled(self.policy.scale)))
-            for sample in self.history(combo) if self.history else ():
+            for sample in samples:
                 kind.model.add(sample)
             self._kinds[combo] = kind
-        return kind
+
+    def _kind(self, combo: Combo) -> _Kind:
+        if combo not in self._kinds:
+            self.load(combo, self.history(combo) if self.history else ())
+        return self._kinds[combo]
 
     def _shared_prior(self, combo: Combo) -> LogNormal | None:
         """What the other kinds' renders suggest about this one (``None``: nothing learned).

@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ..errors import ApiError, AuthError, LedgerError, RetryableError, ServiceRefused
+from ..ledger.port import RunLedger
 from ..ledger.rows import AutoRetry, JobRow
 from ..ledger.schema import NEVER
-from ..ledger.store import Ledger
+from ..ledger.submits import Admission
 from ..remote.protocol import Task, TaskStatus, failure_reason
 from ..remote.urls import url_expiry
 from ..text import clip, span
 from ..video import mismatch
+from .lease import Lease
 from .options import RunOptions
 from .policy import (
     DISK_FULL_PATIENCE_S,
@@ -34,9 +36,8 @@ from .policy import (
     SubmitPause,
 )
 from .poll_policy import Combo, RenderBook
-from .recovery import keep_unrecorded
 from .render_times import observe
-from .workers import DownloadOutcome, Intent, PollOutcome, SubmitOutcome
+from .workers import DownloadOutcome, PollOutcome
 
 __all__ = ["BAD_FILES", "Faults", "Recorder", "Tally", "combo_of"]
 
@@ -122,7 +123,7 @@ class Faults:
 class Recorder:
     """Turns outcomes into ledger transitions and policy updates (see the module docs)."""
 
-    ledger: Ledger
+    ledger: RunLedger
     renders: RenderBook
     budget: Budget
     pause: SubmitPause
@@ -134,13 +135,17 @@ class Recorder:
     tally: Tally = field(default_factory=Tally)
     faults: Faults = field(default_factory=lambda: Faults())
     attempts: AttemptPolicy = field(default_factory=AttemptPolicy)
+    #: On a shared ledger: this worker's lease (creates leave only while it surely
+    #: holds), and the limits every create is admitted against, across all workers.
+    lease: Lease | None = None
+    admission: Admission | None = None
 
     # -- creates ------------------------------------------------------------
 
     @classmethod
     def for_run(
         cls,
-        ledger: Ledger,
+        ledger: RunLedger,
         renders: RenderBook,
         options: RunOptions,
         clock: Callable[[], float],
@@ -161,95 +166,24 @@ class Recorder:
             attempts=options.attempt_policy(),
         )
 
-    def intent(self, job: JobRow) -> Intent:
-        """The create's intent: durable before the request leaves; the claim is spent then."""
-
-        def commit() -> None:
-            self.ledger.begin_submit(job.id)
-            self.budget.release(job.est_cost_usd)
-
-        return Intent(commit)
-
-    def submitted(
-        self, job: JobRow, intent: Intent, outcome: SubmitOutcome, first_poll: float
-    ) -> None:
-        """Record a create's outcome; ``first_poll`` was decided before it left."""
-        match outcome.kind:
-            case "created":
-                task = outcome.task
-                assert task is not None
-                # First, before anything else: the id of a paid task.
-                try:
-                    self.ledger.record_submitted(
-                        job.id,
-                        task.id,
-                        task.raw_status or None,
-                        self.clock() + first_poll,
-                        seen=task.status.job_state,
-                        server_created_at=task.created_at,
-                    )
-                except LedgerError as exc:
-                    # The id of a paid task: to stderr and the recovery file; the run stops.
-                    self.tally.halt = keep_unrecorded(self.ledger.path, job, task, exc)
-                    raise
-                self.pause.reset()
-            case "rejected" if intent.sent:
-                self.ledger.record_rejected(job.id, outcome.code, outcome.reason)
-                self.tally.note(job, f"rejected: {outcome.reason}")
-            case "rejected":  # its own files cannot be sent: nothing left to try this run
-                self._unclaimed(job)
-                self.tally.quarantined.add(job.id)
-                self.tally.note(job, f"not submitted: {outcome.reason}")
-            case "in_doubt":
-                self.ledger.record_in_doubt(job.id, outcome.reason)
-                self.tally.note(job, f"in doubt: {outcome.reason}")
-            case "not_sent":
-                self._release(job, intent, outcome.reason)
-                if outcome.unexpected:
-                    self.tally.failures.append(f"#{job.idx}: {clip(outcome.reason, 160)}")
-                self.pause.setback(self.clock(), outcome.retry_after)
-            case "refused":
-                assert outcome.refusal is not None
-                self._release(job, intent, f"the API refused the create ({outcome.refusal})")
-                self.tally.stop_everything(outcome.refusal)
-
-    def lost_create(self, job: JobRow, intent: Intent) -> None:
-        """The run stopped (or a bug struck) while a create may have been in flight."""
-        if intent.sent:
-            self.ledger.record_in_doubt(job.id, "the run stopped while the create was in flight")
-        else:
-            self._unclaimed(job)
-
-    def _release(self, job: JobRow, intent: Intent, reason: str) -> None:
-        """No task was made: the job is pending again, unblamed."""
-        if intent.sent:
-            self.ledger.release_unsent(job.id, reason)
-            self.tally.look_for_pending = True
-        else:
-            self._unclaimed(job)
-
-    def _unclaimed(self, job: JobRow) -> None:
-        self.budget.release(job.est_cost_usd)
-        self.tally.look_for_pending = True
-
     # -- polls --------------------------------------------------------------
 
-    def polled(self, job: JobRow, outcome: PollOutcome, asked_at: float) -> None:
+    async def polled(self, job: JobRow, outcome: PollOutcome, asked_at: float) -> None:
         """Record a poll's outcome (``asked_at``: when the request was made)."""
         now = self.clock()
         task = outcome.task
         if outcome.kind == "vanished":
-            self._ended(job, "vanished", "task_not_exist", outcome.reason, keep=True)
+            await self._ended(job, "vanished", "task_not_exist", outcome.reason, keep=True)
         elif task is None:
-            self._no_answer(job, outcome.error or ApiError(outcome.reason), asked_at)
+            await self._no_answer(job, outcome.error or ApiError(outcome.reason), asked_at)
         elif task.status is TaskStatus.COMPLETED:
-            self._completed(job, task, now)
+            await self._completed(job, task, now)
         elif task.status in (TaskStatus.FAILED, TaskStatus.ERROR):
             code, reason = failure_reason(task)
             kind = "failed" if task.status is TaskStatus.FAILED else "error"
-            self._ended(job, kind, code, reason, remote_status=task.raw_status)
+            await self._ended(job, kind, code, reason, remote_status=task.raw_status)
         elif (stall := self._stall_reason(job, now)) is not None:
-            self._stalled(job, stall, stall)
+            await self._stalled(job, stall, stall)
         else:
             if job.extra_of is not None:  # an earlier attempt still watched: sparingly
                 delay = self.attempts.watch_every
@@ -257,26 +191,33 @@ class Recorder:
                 born = job.answered_at if job.answered_at is not None else job.watch_started_at
                 elapsed = now - (born if born is not None else now)
                 delay = self.renders.next_poll_delay(combo_of(job), elapsed, task.progress)
-            self.ledger.record_poll(
+            await self.ledger.call(self.ledger.moves.record_poll,
                 job.id, task.raw_status or None, task.progress, now + delay,
                 seen=task.status.job_state,
             )  # fmt: skip
 
-    def _no_answer(self, job: JobRow, error: Exception, asked_at: float) -> None:
+    async def _no_answer(self, job: JobRow, error: Exception, asked_at: float) -> None:
         # The task may well be fine: ask again later; the stall rule still applies.
         stall = self._stall_reason(job, asked_at)
         if stall is not None:
-            self._stalled(job, f"{stall}; last answer: {error}", f"no usable answer ({error})")
+            await self._stalled(
+                job, f"{stall}; last answer: {error}", f"no usable answer ({error})"
+            )
             return
         retry_after = error.retry_after if isinstance(error, RetryableError) else None
         later = self.renders.policy.retry_delay(retry_after, self.rng.random())
-        self.ledger.record_poll(
-            job.id, job.remote_status, job.progress, asked_at + later, seen_running=False
+        await self.ledger.call(
+            self.ledger.moves.record_poll,
+            job.id,
+            job.remote_status,
+            job.progress,
+            asked_at + later,
+            seen_running=False,
         )
         if not isinstance(error, RetryableError):
             self.tally.note(job, f"poll answered {error}; will ask again")
 
-    def _ended(
+    async def _ended(
         self,
         job: JobRow,
         kind: str,
@@ -294,18 +235,26 @@ class Recorder:
         """
         retry = self._next_attempt(job, kind)
         watch_at = self.clock() + self.attempts.watch_every if keep and retry else None
-        self.ledger.record_failed(
-            job.id, code, reason, remote_status=remote_status, retry=retry, watch_at=watch_at
+        await self.ledger.call(
+            self.ledger.moves.record_failed,
+            job.id,
+            code,
+            reason,
+            remote_status=remote_status,
+            retry=retry,
+            watch_at=watch_at,
         )
         kept = "; the task is still watched" if watch_at is not None else ""
         self.tally.note(job, f"{code}: {reason}{self._retrying(retry)}{kept}")
 
-    def _stalled(self, job: JobRow, reason: str, shown: str) -> None:
+    async def _stalled(self, job: JobRow, reason: str, shown: str) -> None:
         """Given up on for now: stalled, or (policy allowing) a new attempt while the
         stalled task is split off and still watched, its video an extra take if it comes."""
         retry = self._next_attempt(job, "stalled")
         watch_at = self.clock() + self.attempts.watch_every
-        self.ledger.record_stalled(job.id, reason, retry=retry, watch_at=watch_at)
+        await self.ledger.call(
+            self.ledger.moves.record_stalled, job.id, reason, retry=retry, watch_at=watch_at
+        )
         kept = "; the stalled task is still watched" if retry else ""
         self.tally.note(job, f"stalled: {shown}{self._retrying(retry)}{kept}")
 
@@ -324,7 +273,7 @@ class Recorder:
         wait = span(max(0.0, retry.retry_at - self.clock()) / self.attempts.scale)
         return f"; new attempt in {wait} ({retry.rule})"
 
-    def _completed(self, job: JobRow, task: Task, now: float) -> None:
+    async def _completed(self, job: JobRow, task: Task, now: float) -> None:
         """Record a task seen done, with what it proves about its render time."""
         sample = estimate = None
         # An extra take's render (a stall that finished late) teaches nothing about the kind.
@@ -341,7 +290,8 @@ class Recorder:
             )
         if sample is not None:
             estimate = self.renders.estimate(combo_of(job), sample)
-        self.ledger.record_completed(
+        await self.ledger.call(
+            self.ledger.moves.record_completed,
             job.id,
             task.video_url,
             task.url_expires_at,
@@ -379,7 +329,7 @@ class Recorder:
 
     # -- downloads ----------------------------------------------------------
 
-    def downloaded(self, job: JobRow, outcome: DownloadOutcome) -> None:
+    async def downloaded(self, job: JobRow, outcome: DownloadOutcome) -> None:
         """Record a download try: the file, a vanished task, or a failure to try again.
 
         A file that arrived whole but does not decode is fetched once more; bad
@@ -390,7 +340,8 @@ class Recorder:
         elif outcome.kind == "fetched" and outcome.result is not None:
             result = outcome.result
             self.faults.disk.clear()
-            self.ledger.record_downloaded(
+            await self.ledger.call(
+                self.ledger.moves.record_downloaded,
                 job.id,
                 str(result.path),
                 result.size,
@@ -404,17 +355,26 @@ class Recorder:
             )
             self.tally.finished += 1
         elif outcome.kind == "vanished":
-            self._ended(job, "vanished", "task_not_exist", outcome.reason, keep=True)
+            await self._ended(job, "vanished", "task_not_exist", outcome.reason, keep=True)
         elif outcome.kind == "undecodable" and job.bad_downloads + 1 >= BAD_FILES:
-            self.ledger.record_undecodable(job.id, outcome.reason)
+            await self.ledger.call(self.ledger.moves.record_undecodable, job.id, outcome.reason)
             self.tally.note(job, f"the video does not decode, fetched {BAD_FILES} times")
         else:
             if outcome.fresh_url is not None:
-                self.ledger.refresh_url(job.id, outcome.fresh_url, url_expiry(outcome.fresh_url))
+                await self.ledger.call(
+                    self.ledger.moves.refresh_url,
+                    job.id,
+                    outcome.fresh_url,
+                    url_expiry(outcome.fresh_url),
+                )
             retry_at = self.downloads.failed(job.id, self.clock(), self.rng.random())
             bad = outcome.kind == "undecodable"
-            self.ledger.record_download_error(
-                job.id, outcome.reason, retry_at or NEVER, bad_file=bad
+            await self.ledger.call(
+                self.ledger.moves.record_download_error,
+                job.id,
+                outcome.reason,
+                retry_at or NEVER,
+                bad_file=bad,
             )
             if retry_at is None:
                 tries = self.downloads.tries[job.id]

@@ -1,10 +1,12 @@
-"""Task ids that could not be recorded: kept beside the ledger until the next run records them.
+"""Task ids that could not be recorded: kept on this machine until the next run records them.
 
 A create's answer carries the id of a task that is (or will be) billed.  If the
-ledger cannot record it (its disk full, the file locked or damaged), the id
-must not be lost: it goes to the log (stderr) and to an append-only file
-beside the ledger, ``<ledger>.tasks.jsonl``, one JSON object per line,
-fsynced.  The next run of the batch records every id in it before anything
+ledger cannot record it (its disk full, the file locked or damaged, its server
+out of reach), the id must not be lost: it goes to the log (stderr) and to an
+append-only file, one JSON object per line, fsynced: beside an SQLite ledger
+(``<ledger>.tasks.jsonl``), or for a PostgreSQL ledger in ``state/`` of the
+folder the run started in (``state/<host>-<port>-<database>.tasks.jsonl``).
+The next run of the batch from there records every id in it before anything
 else (a job left ``submitting`` or ``in_doubt`` gets its task back), then
 drops the lines it recorded.
 """
@@ -14,13 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from ..errors import LedgerError
+from ..errors import LedgerError, LostClaim
+from ..ledger.port import RunLedger
 from ..ledger.rows import JobRow
-from ..ledger.store import Ledger
+from ..ledger.target import LedgerTarget
 from ..remote.protocol import Task, normalise_status
 from ..states import JobState
 
@@ -29,23 +34,32 @@ __all__ = ["import_tasks", "keep_task", "keep_unrecorded", "record_kept", "recov
 log = logging.getLogger(__name__)
 
 
-def recovery_path(ledger_path: Path) -> Path:
-    """Where the task ids a ledger could not record are kept."""
-    return ledger_path.with_name(ledger_path.name + ".tasks.jsonl")
+def recovery_path(ledger: LedgerTarget | Path) -> Path:
+    """Where the task ids a ledger could not record are kept (see the module docstring)."""
+    if isinstance(ledger, Path) or ledger.path is not None:
+        path = ledger if isinstance(ledger, Path) else ledger.path
+        assert path is not None
+        return path.with_name(path.name + ".tasks.jsonl")
+    assert ledger.url is not None
+    parts = urlsplit(ledger.url)
+    name = f"{parts.hostname or 'local'}-{parts.port or 5432}-{parts.path.strip('/') or 'db'}"
+    return Path("state") / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".tasks.jsonl")
 
 
-def keep_task(ledger_path: Path, entry: dict[str, Any]) -> bool:
+def keep_task(ledger: LedgerTarget | Path, entry: dict[str, Any]) -> bool:
     """Append one unrecorded task to the recovery file (and the log); whether it was written."""
+    path = recovery_path(ledger)
     log.error(
         "the ledger could not record task %s of job %s (batch %s); it is kept in %s",
         entry.get("task_id"),
         entry.get("job_id"),
         entry.get("batch"),
-        recovery_path(ledger_path),
+        path,
     )
     line = json.dumps(entry, sort_keys=True) + "\n"
     try:
-        fd = os.open(recovery_path(ledger_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode())
             os.fsync(fd)
@@ -57,10 +71,12 @@ def keep_task(ledger_path: Path, entry: dict[str, Any]) -> bool:
     return True
 
 
-def keep_unrecorded(ledger_path: Path, job: JobRow, task: Task, error: LedgerError) -> str:
+def keep_unrecorded(
+    ledger: LedgerTarget | Path, job: JobRow, task: Task, error: LedgerError
+) -> str:
     """A paid task the ledger could not take: keep its id (stderr and the recovery file).
 
-    Returns why the run must stop, for its summary: the next run records it first.
+    Returns what happened, for the run's summary: the next run records it first.
     """
     entry = {
         "batch": job.batch,
@@ -71,11 +87,11 @@ def keep_unrecorded(ledger_path: Path, job: JobRow, task: Task, error: LedgerErr
         "server_created_at": task.created_at,
         "error": str(error),
     }
-    kept = keep_task(ledger_path, entry)
+    kept = keep_task(ledger, entry)
     return (
         f"the ledger could not record task {task.id} of job #{job.idx} ({error}); "
         + (
-            f"its id is kept in {recovery_path(ledger_path)}, and "
+            f"its id is kept in {recovery_path(ledger)}, and "
             if kept
             else "its id is in the log above; "
         )
@@ -83,7 +99,9 @@ def keep_unrecorded(ledger_path: Path, job: JobRow, task: Task, error: LedgerErr
     )
 
 
-def record_kept(ledger: Ledger, entry: dict[str, Any], note: Callable[[str], None]) -> bool:
+async def record_kept(
+    ledger: RunLedger, entry: dict[str, Any], note: Callable[[str], None]
+) -> bool:
     """Record one task id the recovery file kept; whether the entry is done with.
 
     Its job waits ``submitting`` or ``in_doubt``: it takes the task, due for
@@ -91,28 +109,30 @@ def record_kept(ledger: Ledger, entry: dict[str, Any], note: Callable[[str], Non
     the task is named through ``note`` and left alone.
     """
     try:
-        job = ledger.get_job(int(entry["job_id"]))
+        job = await ledger.call(ledger.reads.get_job, int(entry["job_id"]))
     except (KeyError, TypeError, ValueError, LedgerError):
         return False
     task_id = str(entry.get("task_id") or "")
     if job.key != entry.get("key") or not task_id or job.task_id == task_id:
         return job.task_id == task_id
+    left = f"#{job.idx}: task {task_id} was recovered, but the job is {job.state} now"
     if job.state not in (JobState.SUBMITTING, JobState.IN_DOUBT):
-        note(
-            f"#{job.idx}: task {task_id} was recovered, but the job is {job.state} now; "
-            "that task is left upstream"
-        )
+        note(f"{left}; that task is left upstream")
         return True
     status = str(entry.get("remote_status") or "")
-    ledger.record_submitted(
-        job.id,
-        task_id,
-        status or None,
-        ledger.clock(),
-        seen=normalise_status(status).job_state,
-        server_created_at=entry.get("server_created_at"),
-        recovered=True,
-    )
+    try:
+        await ledger.call(
+            ledger.moves.record_submitted,
+            job.id,
+            task_id,
+            status or None,
+            ledger.ledger.clock(),
+            seen=normalise_status(status).job_state,
+            server_created_at=entry.get("server_created_at"),
+            recovered=True,
+        )
+    except LostClaim:  # resubmitted meanwhile by another worker
+        note(f"{left} (resubmitted by another worker); that task is left upstream")
     return True
 
 
@@ -130,16 +150,16 @@ def _entries(path: Path) -> Iterator[dict[str, Any]]:
             yield entry
 
 
-def import_tasks(ledger_path: Path, batch: str, record: Callable[[dict[str, Any]], bool]) -> int:
-    """Record every kept task of ``batch`` (``record`` says whether it took); returns how many.
+async def import_tasks(ledger: RunLedger, batch: str, note: Callable[[str], None]) -> int:
+    """Record every kept task of ``batch``; returns how many (see :func:`record_kept`).
 
-    Lines of other batches, and those ``record`` could not take, stay in the file.
+    Lines of other batches, and those that could not be recorded, stay in the file.
     """
-    path = recovery_path(ledger_path)
+    path = recovery_path(ledger.ledger.target)
     kept: list[dict[str, Any]] = []
     recorded = 0
-    for entry in _entries(path):
-        if entry.get("batch") == batch and record(entry):
+    for entry in list(_entries(path)):
+        if entry.get("batch") == batch and await record_kept(ledger, entry, note):
             recorded += 1
         else:
             kept.append(entry)

@@ -14,7 +14,7 @@ One outcome type per kind of work (:class:`SubmitOutcome`,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,22 +40,34 @@ from ..remote.download import DownloadResult
 from ..remote.protocol import Task, TaskStatus
 from ..video import VideoFacts
 
-__all__ = ["DownloadOutcome", "Intent", "PollOutcome", "SubmitOutcome", "Workers"]
+__all__ = ["DownloadOutcome", "Intent", "PollOutcome", "SubmitOutcome", "Withdrawn", "Workers"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class Intent:
-    """A create's intent: ``commit`` runs once, right before the request first leaves."""
+    """A create's intent: ``commit`` runs once, right before the request first leaves.
 
-    commit: Callable[[], None]
+    ``commit`` raises :class:`Withdrawn` when the create must not leave after all.
+    """
+
+    commit: Callable[[], Awaitable[None]]
     sent: bool = False
 
-    def __call__(self) -> None:
+    async def __call__(self) -> None:
         if not self.sent:
-            self.commit()
+            await self.commit()
             self.sent = True
+
+
+class Withdrawn(Exception):
+    """A create withdrawn before it left, nothing sent: a limit shared with other
+    workers was reached (``budget``: the budget), or this worker's lease is not sure."""
+
+    def __init__(self, reason: str, *, budget: bool = False) -> None:
+        super().__init__(reason)
+        self.budget = budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +81,19 @@ class SubmitOutcome:
       exist, and be billed;
     - ``not_sent``: no task was made (``reason``, the server's ``retry_after``;
       ``unexpected`` when it was no refusal the API documents);
+    - ``withdrawn``: the intent was not recorded, nothing sent (``reason``;
+      ``budget``: the batch's budget is spent across its workers);
     - ``refused``: 401, or 402/403/404/405/3xx on create (``refusal``): every
       job would be refused the same way.
     """
 
-    kind: Literal["created", "rejected", "in_doubt", "not_sent", "refused"]
+    kind: Literal["created", "rejected", "in_doubt", "not_sent", "withdrawn", "refused"]
     task: Task | None = None
     reason: str = ""
     code: str | None = None
     retry_after: float | None = None
     unexpected: bool = False
+    budget: bool = False
     refusal: AuthError | ServiceRefused | None = None
 
 
@@ -125,6 +140,8 @@ class Workers:
         """
         try:
             task = await self.client.create(job.to_request(), before_send=intent)
+        except Withdrawn as exc:
+            return SubmitOutcome("withdrawn", reason=str(exc), budget=exc.budget)
         except (AuthError, ServiceRefused) as exc:
             return SubmitOutcome("refused", reason=str(exc), refusal=exc)
         except RejectedError as exc:

@@ -82,7 +82,7 @@ def check_ledger(ledger: Path) -> None:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     conn.close()
     with Ledger(ledger) as store:
-        assert store.verify() == []
+        assert store.reads.verify() == []
 
 
 def test_simulate_runs_the_shipped_matrix_example(tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_a_refused_key_exits_3_and_fails_no_job(tmp_path: Path, external_sim: Si
     assert "COMETAPI_KEY" in result.stderr and "Traceback" not in result.stderr
     assert "bad-key" not in result.stderr + result.stdout
     with Ledger(ledger) as store:
-        assert store.status("crash")["states"]["pending"] == 30
+        assert store.reads.status("crash")["states"]["pending"] == 30
     assert external_sim.stats()["creates"] == 0
 
 
@@ -146,7 +146,7 @@ def test_sigint_stops_cleanly_with_130_and_the_run_resumes(
     result = batchvid(*run_args(path), env=env)
     assert result.returncode in (0, 1), result.stderr
     with Ledger(ledger) as store:
-        states = store.status("crash")["states"]
+        states = store.reads.status("crash")["states"]
     assert states["downloaded"] + states["in_doubt"] == 30
     assert external_sim.stats()["duplicate_creates"] == 0
 
@@ -183,7 +183,7 @@ def test_twenty_kills_in_a_night_with_faults_lose_nothing_and_pay_nothing_twice(
     assert final.returncode in (0, 1), final.stderr
     stats = external_sim.stats()
     with Ledger(ledger) as store:
-        jobs = list(store.jobs("crash"))
+        jobs = list(store.reads.jobs("crash"))
     assert len(jobs) == 50  # no job lost
     states = {j.state for j in jobs}
     assert states <= {"downloaded", "in_doubt"}, states
@@ -280,7 +280,7 @@ def test_an_invalid_manifest_still_finishes_what_was_paid_for(
     assert "defaults.seconds" in result.stderr and "nothing new is submitted" in result.stderr
     assert external_sim.stats()["creates"] == creates  # nothing new was sent
     with Ledger(ledger) as store:
-        jobs = list(store.jobs("crash"))
+        jobs = list(store.reads.jobs("crash"))
     sent = [j for j in jobs if j.task_id]
     assert sent and all(j.state == "downloaded" for j in sent)
     assert {j.state for j in jobs if not j.task_id} <= {"pending", "in_doubt"}
@@ -297,14 +297,16 @@ def test_status_lists_the_first_failures_of_each_state_and_counts_the_rest(
 
     path = tmp_path / "l.db"
     with Ledger(path) as store:
-        store.upsert_batch("many", manifest_path="m.yaml", manifest_sha256="0" * 64, output_dir="o")
-        store.upsert_jobs(
+        store.plans.upsert_batch(
+            "many", manifest_path="m.yaml", manifest_sha256="0" * 64, output_dir="o"
+        )
+        store.plans.upsert_jobs(
             "many", [NewJob(key=f"k{i}", index=i, prompt=f"p{i}", model="m") for i in range(30)]
         )
-        for job in list(store.jobs("many"))[:25]:
-            store.begin_submit(job.id)
-            store.record_submitted(job.id, f"t{job.idx}", "queued", 0.0)
-            store.record_failed(job.id, "OutputModeration", f"flagged #{job.idx}")
+        for job in list(store.reads.jobs("many"))[:25]:
+            store.moves.begin_submit(job.id)
+            store.moves.record_submitted(job.id, f"t{job.idx}", "queued", 0.0)
+            store.moves.record_failed(job.id, "OutputModeration", f"flagged #{job.idx}")
     result = CliRunner().invoke(cli, ["status", "many", "--ledger", str(path)])
     assert result.exit_code == 0, result.output
     listed = [line for line in result.stdout.splitlines() if line.startswith("  failed ")]
@@ -325,7 +327,7 @@ def test_a_wrong_base_url_stops_the_run_and_rejects_no_job(
     assert "COMETAPI_BASE_URL" in result.stderr and "Traceback" not in result.stderr
     assert "No job was marked rejected" in result.stderr
     with Ledger(ledger) as store:
-        states = store.status("crash")["states"]
+        states = store.reads.status("crash")["states"]
     assert states["pending"] == 30 and states["rejected"] == 0, states
     assert external_sim.stats()["creates"] == 0
     # Fixed, the same command finishes the batch.
@@ -346,7 +348,7 @@ def test_videos_that_cannot_be_fetched_end_the_run_with_exit_1_and_the_way_on(
     assert "completed=10" in result.stdout and "download failed 5 times" in result.stdout
     assert "rendered, not downloaded (10)" in result.stdout
     with Ledger(ledger) as store:
-        assert store.status("crash")["states"]["completed"] == 10
+        assert store.reads.status("crash")["states"]["completed"] == 10
 
 
 def test_a_run_stopped_by_a_fault_says_why(capsys: pytest.CaptureFixture[str]) -> None:

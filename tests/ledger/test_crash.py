@@ -29,54 +29,56 @@ from batchvid.states import JobState as S
 path, seed = sys.argv[1], int(sys.argv[2])
 rnd = random.Random(seed)
 with Ledger(path) as lg:
-    lg.upsert_batch("crash", manifest_path="m.yaml", manifest_sha256="0", output_dir="out")
-    lg.upsert_jobs("crash", [NewJob(f"{seed}-{i}", i, "p", "m") for i in range(40)])
-    lg.recover_interrupted("crash")
+    lg.plans.upsert_batch("crash", manifest_path="m.yaml", manifest_sha256="0", output_dir="out")
+    lg.plans.upsert_jobs("crash", [NewJob(f"{seed}-{i}", i, "p", "m") for i in range(40)])
+    lg.plans.recover_interrupted("crash")
     print("ready", flush=True)
     step = 0
     while True:
         step += 1
         if step % 499 == 0:
-            lg.upsert_jobs("crash", [NewJob(f"{seed}-{step}-{i}", i, "p", "m") for i in range(200)])
-        total = lg.status("crash")["total"]
-        job = lg.get_job(rnd.randint(1, total))
+            more = [NewJob(f"{seed}-{step}-{i}", i, "p", "m") for i in range(200)]
+            lg.plans.upsert_jobs("crash", more)
+        total = lg.reads.status("crash")["total"]
+        job = lg.reads.get_job(rnd.randint(1, total))
         j, state, pick = job.id, job.state, rnd.random()
         if state is S.PENDING and pick < 0.3:
-            lg.begin_submit_many(p.id for p in lg.pending_jobs("crash", rnd.randint(1, 4)))
+            picked = lg.queue.take_pending("crash", rnd.randint(1, 4))
+            lg.moves.begin_submit_many(p.id for p in picked)
         elif state is S.SUBMITTING:
             if pick < 0.6:
                 seen = rnd.choice([S.QUEUED, S.IN_PROGRESS])
-                lg.record_submitted(j, f"task-{j}-{step}", seen.value, 0, seen=seen)
+                lg.moves.record_submitted(j, f"task-{j}-{step}", seen.value, 0, seen=seen)
             elif pick < 0.7:
-                lg.record_rejected(j, "InvalidParameter", "no")
+                lg.moves.record_rejected(j, "InvalidParameter", "no")
             elif pick < 0.8:
-                lg.record_in_doubt(j, "timeout")
+                lg.moves.record_in_doubt(j, "timeout")
             else:
-                lg.release_unsent(j, "429")
+                lg.moves.release_unsent(j, "429")
         elif state in (S.QUEUED, S.IN_PROGRESS):
             if pick < 0.5:
-                lg.record_poll(
+                lg.moves.record_poll(
                     j, "IN_PROGRESS", rnd.randint(0, 99), step, seen=S.IN_PROGRESS
                 )
             elif pick < 0.8:
-                lg.record_completed(j, "https://cdn.example/v.mp4", step + 600.0)
+                lg.moves.record_completed(j, "https://cdn.example/v.mp4", step + 600.0)
             elif pick < 0.9:
-                lg.record_failed(j, "FAILED", "policy")
+                lg.moves.record_failed(j, "FAILED", "policy")
             else:
-                lg.record_stalled(j)
+                lg.moves.record_stalled(j)
         elif state is S.COMPLETED:
             if pick < 0.6:
-                lg.record_downloaded(j, f"out/{j}.mp4", 100, "0" * 64)
+                lg.moves.record_downloaded(j, f"out/{j}.mp4", 100, "0" * 64)
             elif pick < 0.8:
-                lg.record_download_error(j, "403")
+                lg.moves.record_download_error(j, "403")
             else:
-                lg.refresh_url(j, "https://cdn.example/v2.mp4", step + 900.0)
+                lg.moves.refresh_url(j, "https://cdn.example/v2.mp4", step + 900.0)
         elif state is S.FAILED and pick < 0.3:
-            lg.retry("crash", S.FAILED)
+            lg.plans.retry("crash", S.FAILED)
         elif state is S.IN_DOUBT and pick < 0.3:
-            lg.retry("crash", S.IN_DOUBT)
+            lg.plans.retry("crash", S.IN_DOUBT)
         elif state is S.STALLED and pick < 0.3:
-            lg.retry("crash", S.STALLED)
+            lg.plans.retry("crash", S.STALLED)
 """
 
 
@@ -111,9 +113,9 @@ def test_sigkill_at_random_instants_leaves_a_consistent_ledger(tmp_path: Path) -
         assert now > seen, "the worker made no progress: the test proves nothing"
         seen = now
         with Ledger(path) as ledger:
-            assert ledger.verify() == []
-            states = {job.state for job in ledger.jobs("crash")}
+            assert ledger.reads.verify() == []
+            states = {job.state for job in ledger.reads.jobs("crash")}
             assert states <= set(JobState)
-            ledger.recover_interrupted("crash")
-            assert ledger.counts("crash")[JobState.SUBMITTING] == 0
-            assert ledger.verify() == []
+            ledger.plans.recover_interrupted("crash")
+            assert ledger.reads.counts("crash")[JobState.SUBMITTING] == 0
+            assert ledger.reads.verify() == []

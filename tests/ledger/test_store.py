@@ -23,7 +23,7 @@ from report_ledgers import T0, Clock
 from batchvid.errors import IllegalTransition, LedgerError
 from batchvid.ledger import Ledger, utc_iso
 from batchvid.ledger.rows import NewJob, StoredReference
-from batchvid.ledger.schema import migrations
+from batchvid.ledger.sqlite import migrations
 from batchvid.request import VideoRequest
 
 # -- opening and migrating ------------------------------------------------------
@@ -44,18 +44,18 @@ def test_open_creates_parent_dirs_and_a_wal_ledger(path: Path) -> None:
         conn.close()
 
 
-def test_connection_pragmas(ledger: Ledger) -> None:
-    conn = ledger._conn  # the settings are per connection: look at the ledger's own
+def test_connection_pragmas(sqlite_ledger: Ledger) -> None:
+    conn = sqlite_ledger.engine._conn  # the settings are per connection: look at the ledger's own
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL; FULL per durable commit
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
 
 
-def test_only_the_create_intent_and_the_task_id_are_fsynced(ledger: Ledger) -> None:
+def test_only_the_create_intent_and_the_task_id_are_fsynced(sqlite_ledger: Ledger) -> None:
     """FULL for the commits that must survive a power cut; NORMAL (WAL) for the rest."""
-    job = add_job(ledger)
+    job = add_job(sqlite_ledger)
     statements: list[str] = []
-    ledger._conn.set_trace_callback(statements.append)
+    sqlite_ledger.engine._conn.set_trace_callback(statements.append)
     try:
 
         def fsynced(action: Callable[[], object]) -> bool:
@@ -63,35 +63,39 @@ def test_only_the_create_intent_and_the_task_id_are_fsynced(ledger: Ledger) -> N
             action()
             return "PRAGMA synchronous = FULL" in statements
 
-        assert fsynced(lambda: ledger.begin_submit(job))
-        assert fsynced(lambda: ledger.record_submitted(job, "t1", "queued", 0.0))
-        assert not fsynced(lambda: ledger.record_poll(job, "IN_PROGRESS", 40, 1.0))
-        assert not fsynced(lambda: ledger.record_completed(job, "https://cdn/x", None))
-        assert not fsynced(lambda: ledger.record_downloaded(job, "/v/x.mp4", 10, "ab" * 32))
+        assert fsynced(lambda: sqlite_ledger.moves.begin_submit(job))
+        assert fsynced(lambda: sqlite_ledger.moves.record_submitted(job, "t1", "queued", 0.0))
+        assert not fsynced(lambda: sqlite_ledger.moves.record_poll(job, "IN_PROGRESS", 40, 1.0))
+        assert not fsynced(lambda: sqlite_ledger.moves.record_completed(job, "https://cdn/x", None))
+        assert not fsynced(
+            lambda: sqlite_ledger.moves.record_downloaded(job, "/v/x.mp4", 10, "ab" * 32)
+        )
     finally:
-        ledger._conn.set_trace_callback(None)
-    assert ledger._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
+        sqlite_ledger.engine._conn.set_trace_callback(None)
+    assert (
+        sqlite_ledger.engine._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    )  # NORMAL again
 
 
-def test_the_download_queue_reads_its_own_index(ledger: Ledger) -> None:
+def test_the_download_queue_reads_its_own_index(sqlite_ledger: Ledger) -> None:
     statements: list[str] = []
-    ledger._conn.set_trace_callback(statements.append)
+    sqlite_ledger.engine._conn.set_trace_callback(statements.append)
     try:
-        ledger.completed_jobs("b", 5)
+        sqlite_ledger.queue.take_downloads("b", 5)
     finally:
-        ledger._conn.set_trace_callback(None)
+        sqlite_ledger.engine._conn.set_trace_callback(None)
     (query,) = statements
-    plan = ledger._conn.execute("EXPLAIN QUERY PLAN " + query).fetchall()
+    plan = sqlite_ledger.engine._conn.execute("EXPLAIN QUERY PLAN " + query).fetchall()
     assert any("jobs_download_queue" in row[3] for row in plan), [tuple(r) for r in plan]
 
 
 def test_migrations_apply_once_and_reopening_keeps_data(path: Path, clock: Clock) -> None:
     with Ledger(path, clock=clock) as ledger:
         add_batch(ledger, "b")
-        ledger.upsert_jobs("b", specs(3))
+        ledger.plans.upsert_jobs("b", specs(3))
     for _ in range(2):
         with Ledger(path, clock=clock) as ledger:
-            assert ledger.counts("b")[S.PENDING] == 3
+            assert ledger.reads.counts("b")[S.PENDING] == 3
     conn = raw(path)
     try:
         applied = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
@@ -105,6 +109,7 @@ def test_migrations_apply_once_and_reopening_keeps_data(path: Path, clock: Clock
         ("batchvid", "m005_download_schedule"),
         ("batchvid", "m006_retries"),
         ("batchvid", "m007_video_facts"),
+        ("batchvid", "m008_workers"),
     ]
 
 
@@ -133,51 +138,53 @@ def test_m002_upgrades_an_m001_ledger_and_keeps_its_data(path: Path, clock: Cloc
     finally:
         conn.close()
     with Ledger(path, clock=clock) as ledger:
-        batch = ledger.get_batch("old")
+        batch = ledger.reads.get_batch("old")
         assert batch is not None and batch.endpoint is None and batch.output_dir == "out"
-        job = ledger.job_by_key("old", "k")
+        job = ledger.reads.job_by_key("old", "k")
         assert job is not None
         assert (job.state, job.task_id, job.axes, job.axes_json) == (S.QUEUED, "t1", (), "[]")
-        ledger.upsert_jobs("old", [NewJob(key="k2", index=2, prompt="p", model="m", axes=AXES)])
-        assert ledger.job_by_key("old", "k2") is not None
-        assert ledger.counts("old")[S.QUEUED] == 1
+        ledger.plans.upsert_jobs(
+            "old", [NewJob(key="k2", index=2, prompt="p", model="m", axes=AXES)]
+        )
+        assert ledger.reads.job_by_key("old", "k2") is not None
+        assert ledger.reads.counts("old")[S.QUEUED] == 1
 
 
 AXES = (("model", "doubao-seedance-2-0"), ("size", "9:16"), ("style", "film noir, «ü»"))
 
 
 def test_job_axes_round_trip_in_manifest_order(ledger: Ledger) -> None:
-    ledger.upsert_jobs(
+    ledger.plans.upsert_jobs(
         "b",
         [
             NewJob(key="a", index=1, prompt="p", model="m", axes=AXES),
             NewJob(key="plain", index=2, prompt="p", model="m"),
         ],
     )
-    row = ledger.job_by_key("b", "a")
+    row = ledger.reads.job_by_key("b", "a")
     assert row is not None and row.axes == AXES
-    plain = ledger.job_by_key("b", "plain")
+    plain = ledger.reads.job_by_key("b", "plain")
     assert plain is not None and plain.axes == () and plain.axes_json == "[]"
     # A known key keeps what it was recorded with, even if the manifest's axes change.
-    ledger.upsert_jobs("b", [NewJob(key="a", index=1, prompt="p", model="m", axes=AXES[:1])])
-    again = ledger.job_by_key("b", "a")
+    ledger.plans.upsert_jobs("b", [NewJob(key="a", index=1, prompt="p", model="m", axes=AXES[:1])])
+    again = ledger.reads.job_by_key("b", "a")
     assert again is not None and again.axes == AXES
 
 
 def test_upsert_batch_keeps_the_endpoint_unless_given_one(ledger: Ledger) -> None:
     def upsert(endpoint: str | None) -> str | None:
-        row = ledger.upsert_batch(
+        row = ledger.plans.upsert_batch(
             "b", manifest_path="b.yaml", manifest_sha256="0" * 64, output_dir="out/b",
             endpoint=endpoint,
         )  # fmt: skip
         return row.endpoint
 
-    batch = ledger.get_batch("b")
+    batch = ledger.reads.get_batch("b")
     assert batch is not None and batch.endpoint is None
     assert upsert("simulator") == "simulator"
     assert upsert(None) == "simulator"
     assert upsert("https://api.cometapi.com") == "https://api.cometapi.com"
-    assert [b.endpoint for b in ledger.batches()] == ["https://api.cometapi.com"]
+    assert [b.endpoint for b in ledger.reads.batches()] == ["https://api.cometapi.com"]
 
 
 def test_a_ledger_from_a_newer_batchvid_is_refused(path: Path) -> None:
@@ -209,17 +216,17 @@ def test_create_false_refuses_a_missing_ledger(tmp_path: Path) -> None:
 def test_read_only_reads_beside_a_writer_and_writes_nothing(path: Path, clock: Clock) -> None:
     with Ledger(path, clock=clock) as writer:
         add_batch(writer, "b")
-        writer.upsert_jobs("b", specs(3))
+        writer.plans.upsert_jobs("b", specs(3))
         with Ledger(path, read_only=True) as reader:
-            assert reader.counts("b")[S.PENDING] == 3
-            writer.begin_submit(writer.pending_jobs("b", 1)[0].id)  # the writer goes on
-            assert reader.counts("b")[S.SUBMITTING] == 1  # and the reader sees it
+            assert reader.reads.counts("b")[S.PENDING] == 3
+            writer.moves.begin_submit(writer.queue.take_pending("b", 1)[0].id)  # the writer goes on
+            assert reader.reads.counts("b")[S.SUBMITTING] == 1  # and the reader sees it
             with pytest.raises(LedgerError, match="readonly"):
-                reader.upsert_jobs("b", specs(1, prefix="new"))
+                reader.plans.upsert_jobs("b", specs(1, prefix="new"))
             with pytest.raises(LedgerError, match="readonly"):
-                reader.begin_submit(2)
+                reader.moves.begin_submit(2)
     with Ledger(path, read_only=True) as reader:  # after the writer closed (no -wal left), too
-        assert reader.counts("b")[S.PENDING] == 2
+        assert reader.reads.counts("b")[S.PENDING] == 2
 
 
 def test_read_only_refuses_missing_foreign_and_outdated_files(tmp_path: Path) -> None:
@@ -264,10 +271,10 @@ def test_close_is_idempotent(path: Path) -> None:
 
 
 def test_upsert_batch_updates_settings_and_keeps_created(ledger: Ledger, clock: Clock) -> None:
-    first = ledger.get_batch("b")
+    first = ledger.reads.get_batch("b")
     assert first is not None and first.limits == {} and first.budget_usd is None
     clock.advance(60)
-    again = ledger.upsert_batch(
+    again = ledger.plans.upsert_batch(
         "b",
         manifest_path="b.yaml",
         manifest_sha256="1" * 64,
@@ -285,49 +292,49 @@ def test_upsert_batch_updates_settings_and_keeps_created(ledger: Ledger, clock: 
         "elsewhere",
         "1" * 64,
     )
-    assert [b.name for b in ledger.batches()] == ["b"]
+    assert [b.name for b in ledger.reads.batches()] == ["b"]
 
 
 def test_upsert_jobs_counts_new_keys_and_keeps_known_ones(ledger: Ledger) -> None:
-    assert ledger.upsert_jobs("b", specs(5, cost=0.5)) == 5
-    assert ledger.upsert_jobs("b", specs(5)) == 0
-    known = ledger.job_by_key("b", "k1")
+    assert ledger.plans.upsert_jobs("b", specs(5, cost=0.5)) == 5
+    assert ledger.plans.upsert_jobs("b", specs(5)) == 0
+    known = ledger.reads.job_by_key("b", "k1")
     assert known is not None
     reach(ledger, known.id, S.QUEUED)
-    before = ledger.get_job(known.id)
+    before = ledger.reads.get_job(known.id)
 
     # The edited manifest drops k0, reorders the rest and adds two new keys.
     edited = [
         NewJob(key=f"k{i}", index=10 + i, prompt="changed", model="m", est_cost_usd=1.0)
         for i in range(1, 7)
     ]
-    assert ledger.upsert_jobs("b", edited) == 2
-    assert ledger.get_job(known.id) == before  # state, task id, index, prompt, cost: all kept
-    assert ledger.job_by_key("b", "k0") is not None  # nothing is deleted
-    new = ledger.job_by_key("b", "k6")
+    assert ledger.plans.upsert_jobs("b", edited) == 2
+    assert ledger.reads.get_job(known.id) == before  # state, task id, index, prompt, cost: all kept
+    assert ledger.reads.job_by_key("b", "k0") is not None  # nothing is deleted
+    new = ledger.reads.job_by_key("b", "k6")
     assert new is not None and new.state is S.PENDING and new.est_cost_usd == 1.0
-    assert ledger.status("b")["total"] == 7
+    assert ledger.reads.status("b")["total"] == 7
 
 
 def test_upsert_jobs_into_an_unknown_batch_is_refused(ledger: Ledger) -> None:
     with pytest.raises(LedgerError, match="no batch named 'nope'"):
-        ledger.upsert_jobs("nope", specs(1))
+        ledger.plans.upsert_jobs("nope", specs(1))
 
 
 def test_the_same_key_in_two_batches_is_two_jobs(ledger: Ledger) -> None:
     add_batch(ledger, "other")
-    assert ledger.upsert_jobs("b", specs(3)) == 3
-    assert ledger.upsert_jobs("other", specs(3)) == 3
-    first = ledger.job_by_key("b", "k0")
+    assert ledger.plans.upsert_jobs("b", specs(3)) == 3
+    assert ledger.plans.upsert_jobs("other", specs(3)) == 3
+    first = ledger.reads.job_by_key("b", "k0")
     assert first is not None
     reach(ledger, first.id, S.FAILED)
-    assert ledger.counts("other")[S.PENDING] == 3
-    assert ledger.retry("other", S.FAILED) == 0
-    assert ledger.retry("b", S.FAILED) == 1
+    assert ledger.reads.counts("other")[S.PENDING] == 3
+    assert ledger.plans.retry("other", S.FAILED) == 0
+    assert ledger.plans.retry("b", S.FAILED) == 1
 
 
 def test_duplicate_keys_in_one_upsert_make_one_job(ledger: Ledger) -> None:
-    assert ledger.upsert_jobs("b", [*specs(2), *specs(2)]) == 2
+    assert ledger.plans.upsert_jobs("b", [*specs(2), *specs(2)]) == 2
 
 
 def test_job_rows_carry_references_and_make_requests(ledger: Ledger) -> None:
@@ -336,8 +343,8 @@ def test_job_rows_carry_references_and_make_requests(ledger: Ledger) -> None:
         StoredReference("refs/b.png", "b" * 64, "image/png"),
     )
     job = NewJob(key="r", index=1, prompt="[Image 1] meets [Image 2]", model="m", references=refs)
-    ledger.upsert_jobs("b", [job])
-    row = ledger.job_by_key("b", "r")
+    ledger.plans.upsert_jobs("b", [job])
+    row = ledger.reads.job_by_key("b", "r")
     assert row is not None
     assert row.references == refs
     assert row.to_request() == VideoRequest(
@@ -356,11 +363,11 @@ def test_job_rows_carry_references_and_make_requests(ledger: Ledger) -> None:
 def test_retry_failed_starts_a_new_attempt_and_remembers_the_old_task(ledger: Ledger) -> None:
     job_id = add_job(ledger)
     reach(ledger, job_id, S.FAILED)
-    assert ledger.retry("b", S.FAILED) == 1
-    row = ledger.get_job(job_id)
+    assert ledger.plans.retry("b", S.FAILED) == 1
+    row = ledger.reads.get_job(job_id)
     assert row.state is S.PENDING and row.task_id is None and row.error_message is None
     assert (row.attempts, row.polls, row.queued_utc, row.finished_utc) == (1, 0, None, None)
-    event = ledger.events(job_id)[-1]
+    event = ledger.reads.events(job_id)[-1]
     assert (event.from_state, event.to_state) == (S.FAILED, S.PENDING)
     assert event.detail == {
         "previous_task_id": f"task-{job_id}",
@@ -368,17 +375,17 @@ def test_retry_failed_starts_a_new_attempt_and_remembers_the_old_task(ledger: Le
         "error_message": "content policy",
         "attempt": 1,
     }
-    assert ledger.retry("b", S.FAILED) == 0
+    assert ledger.plans.retry("b", S.FAILED) == 0
     reach(ledger, job_id, S.QUEUED)
-    assert ledger.get_job(job_id).attempts == 2
+    assert ledger.reads.get_job(job_id).attempts == 2
 
 
 def test_retry_in_doubt_says_a_duplicate_may_be_billed(ledger: Ledger) -> None:
     job_id = add_job(ledger)
     reach(ledger, job_id, S.IN_DOUBT)
-    assert ledger.retry("b", S.IN_DOUBT) == 1
-    assert ledger.get_job(job_id).state is S.PENDING
-    detail = ledger.events(job_id)[-1].detail
+    assert ledger.plans.retry("b", S.IN_DOUBT) == 1
+    assert ledger.reads.get_job(job_id).state is S.PENDING
+    detail = ledger.reads.events(job_id)[-1].detail
     assert detail is not None and detail["duplicate_may_be_billed"] is True
 
 
@@ -386,80 +393,84 @@ def test_retry_stalled_resumes_polling_the_same_task(ledger: Ledger, clock: Cloc
     waiting, running = add_job(ledger, "a"), add_job(ledger, "b")
     reach(ledger, waiting, S.STALLED)
     reach(ledger, running, S.IN_PROGRESS)
-    ledger.record_stalled(running)
+    ledger.moves.record_stalled(running)
     clock.advance(7200)
-    assert ledger.due_polls("b") == []
-    assert ledger.retry("b", S.STALLED) == 2
-    assert ledger.get_job(waiting).state is S.QUEUED
-    assert ledger.get_job(running).state is S.IN_PROGRESS
+    assert ledger.queue.take_polls("b", 100, ledger.clock()) == []
+    assert ledger.plans.retry("b", S.STALLED) == 2
+    assert ledger.reads.get_job(waiting).state is S.QUEUED
+    assert ledger.reads.get_job(running).state is S.IN_PROGRESS
     for job_id in (waiting, running):
-        row = ledger.get_job(job_id)
+        row = ledger.reads.get_job(job_id)
         assert (row.task_id, row.next_poll_at) == (f"task-{job_id}", clock())
         assert row.watch_started_at == clock() and row.finished_utc is None
-    assert {j.id for j in ledger.due_polls("b")} == {waiting, running}
-    assert ledger.verify() == []
+    assert {j.id for j in ledger.queue.take_polls("b", 100, ledger.clock())} == {waiting, running}
+    assert ledger.reads.verify() == []
 
 
 def test_recover_interrupted_puts_in_flight_creates_in_doubt(ledger: Ledger) -> None:
     add_batch(ledger, "other")
-    ledger.upsert_jobs("b", specs(3))
-    ledger.upsert_jobs("other", specs(1))
-    ledger.begin_submit_many(j.id for j in ledger.pending_jobs("b", 2))
-    ledger.begin_submit_many(j.id for j in ledger.pending_jobs("other", 1))
-    assert ledger.recover_interrupted("b") == 2
-    assert ledger.counts("b")[S.IN_DOUBT] == 2
-    assert ledger.counts("other")[S.SUBMITTING] == 1  # another batch's run is not ours
-    doubtful = ledger.jobs("b").__next__()
+    ledger.plans.upsert_jobs("b", specs(3))
+    ledger.plans.upsert_jobs("other", specs(1))
+    ledger.moves.begin_submit_many(j.id for j in ledger.queue.take_pending("b", 2))
+    ledger.moves.begin_submit_many(j.id for j in ledger.queue.take_pending("other", 1))
+    assert ledger.plans.recover_interrupted("b") == 2
+    assert ledger.reads.counts("b")[S.IN_DOUBT] == 2
+    assert ledger.reads.counts("other")[S.SUBMITTING] == 1  # another batch's run is not ours
+    doubtful = ledger.reads.jobs("b").__next__()
     assert "interrupted" in (doubtful.error_message or "")
-    assert ledger.recover_interrupted("b") == 0
-    assert ledger.verify() == []
+    assert ledger.plans.recover_interrupted("b") == 0
+    assert ledger.reads.verify() == []
 
 
 def test_committed_cost_counts_every_attempt_that_may_bill(ledger: Ledger) -> None:
-    ledger.upsert_jobs("b", specs(6, cost=0.5))
-    a, b, c, d, e, f = (j.id for j in ledger.pending_jobs("b", 6))
-    assert ledger.committed_cost("b") == 0.0
+    ledger.plans.upsert_jobs("b", specs(6, cost=0.5))
+    a, b, c, d, e, f = (j.id for j in ledger.queue.take_pending("b", 6))
+    assert ledger.queue.committed_cost("b") == 0.0
     reach(ledger, a, S.SUBMITTING)  # in flight: counts
     reach(ledger, b, S.REJECTED)  # refused: does not
     reach(ledger, c, S.IN_DOUBT)  # may exist: counts
     reach(ledger, d, S.DOWNLOADED)  # done: counts
     reach(ledger, e, S.FAILED)  # a task existed: counts
-    ledger.begin_submit(f)
-    ledger.release_unsent(f, "connect refused")  # never left: does not
-    assert ledger.committed_cost("b") == pytest.approx(4 * 0.5)
-    ledger.retry("b", S.FAILED)
-    ledger.retry("b", S.IN_DOUBT)
-    assert ledger.committed_cost("b") == pytest.approx(4 * 0.5)  # the old attempts still count
-    ledger.begin_submit_many([c, e])
-    assert ledger.committed_cost("b") == pytest.approx(6 * 0.5)
-    assert ledger.get_job(e).billable_attempts == 2
+    ledger.moves.begin_submit(f)
+    ledger.moves.release_unsent(f, "connect refused")  # never left: does not
+    assert ledger.queue.committed_cost("b") == pytest.approx(4 * 0.5)
+    ledger.plans.retry("b", S.FAILED)
+    ledger.plans.retry("b", S.IN_DOUBT)
+    assert ledger.queue.committed_cost("b") == pytest.approx(
+        4 * 0.5
+    )  # the old attempts still count
+    ledger.moves.begin_submit_many([c, e])
+    assert ledger.queue.committed_cost("b") == pytest.approx(6 * 0.5)
+    assert ledger.reads.get_job(e).billable_attempts == 2
 
 
 # -- consistency ----------------------------------------------------------------------
 
 
-def test_verify_finds_tampering(ledger: Ledger, path: Path) -> None:
-    job_id = add_job(ledger)
-    reach(ledger, job_id, S.QUEUED)
-    assert ledger.verify() == []
+def test_verify_finds_tampering(sqlite_ledger: Ledger, path: Path) -> None:
+    job_id = add_job(sqlite_ledger)
+    reach(sqlite_ledger, job_id, S.QUEUED)
+    assert sqlite_ledger.reads.verify() == []
     conn = raw(path)
     conn.execute("UPDATE jobs SET state = 'downloaded' WHERE id = ?", (job_id,))
     conn.close()
-    assert ledger.verify() == [f"job {job_id}: events end at queued, but the job is downloaded"]
+    assert sqlite_ledger.reads.verify() == [
+        f"job {job_id}: events end at queued, but the job is downloaded"
+    ]
 
 
 def test_two_processes_never_submit_the_same_job_twice(path: Path) -> None:
     """Two ledgers (two connections) race to submit the same jobs: each goes exactly once."""
     with Ledger(path) as setup:
         add_batch(setup, "b")
-        setup.upsert_jobs("b", specs(60))
+        setup.plans.upsert_jobs("b", specs(60))
     won: list[list[int]] = [[], []]
 
     def submitter(n: int) -> None:
         with Ledger(path) as ledger:
-            for job in ledger.pending_jobs("b", 60):
+            for job in ledger.queue.take_pending("b", 60):
                 try:
-                    ledger.begin_submit(job.id)
+                    ledger.moves.begin_submit(job.id)
                 except IllegalTransition:
                     continue
                 won[n].append(job.id)
@@ -471,8 +482,8 @@ def test_two_processes_never_submit_the_same_job_twice(path: Path) -> None:
         t.join()
     assert sorted(won[0] + won[1]) == list(range(1, 61))
     with Ledger(path) as ledger:
-        assert all(len(ledger.events(i)) == 1 for i in range(1, 61))
-        assert ledger.verify() == []
+        assert all(len(ledger.reads.events(i)) == 1 for i in range(1, 61))
+        assert ledger.reads.verify() == []
 
 
 def test_a_ledger_on_a_read_only_mount_can_still_be_read(
@@ -482,7 +493,7 @@ def test_a_ledger_on_a_read_only_mount_can_still_be_read(
     the ledger as immutable instead (its changes all checkpointed)."""
     with Ledger(path) as writer:
         add_batch(writer, "b")
-        writer.upsert_jobs("b", specs(2))
+        writer.plans.upsert_jobs("b", specs(2))
     real = sqlite3.connect
 
     class ReadOnlyMount:
@@ -507,4 +518,4 @@ def test_a_ledger_on_a_read_only_mount_can_still_be_read(
 
     monkeypatch.setattr(sqlite3, "connect", connect)
     with Ledger(path, read_only=True) as reader:
-        assert reader.status("b")["total"] == 2
+        assert reader.reads.status("b")["total"] == 2

@@ -43,21 +43,21 @@ def test_the_action_table_covers_every_edge_of_the_state_machine() -> None:
 def test_legal_transition(ledger: Ledger, clock: Clock, action: str, source: JobState) -> None:
     job_id = add_job(ledger)
     reach(ledger, job_id, source)
-    before = ledger.events(job_id)
+    before = ledger.reads.events(job_id)
     clock.advance(5)
     ACTIONS[action][0](ledger, job_id)
-    after = ledger.get_job(job_id)
+    after = ledger.reads.get_job(job_id)
     target = ACTIONS[action][2]
     assert after.state is target
     assert after.updated_utc == utc_iso(clock())
-    new_events = ledger.events(job_id)[len(before) :]
+    new_events = ledger.reads.events(job_id)[len(before) :]
     if target is source:
         assert new_events == []  # events are for transitions only
     else:
         assert [(e.from_state, e.to_state, e.at_utc) for e in new_events] == [
             (source, target, utc_iso(clock()))
         ]
-    assert ledger.verify() == []
+    assert ledger.reads.verify() == []
 
 
 @pytest.mark.parametrize(("action", "source"), ILLEGAL)
@@ -66,125 +66,126 @@ def test_illegal_transition_raises_and_changes_nothing(
 ) -> None:
     job_id = add_job(ledger)
     reach(ledger, job_id, source)
-    before, events = ledger.get_job(job_id), ledger.events(job_id)
+    before, events = ledger.reads.get_job(job_id), ledger.reads.events(job_id)
     with pytest.raises(IllegalTransition):
         ACTIONS[action][0](ledger, job_id)
-    assert ledger.get_job(job_id) == before
-    assert ledger.events(job_id) == events
+    assert ledger.reads.get_job(job_id) == before
+    assert ledger.reads.events(job_id) == events
 
 
 def test_an_unknown_job_is_a_ledger_error_not_an_illegal_transition(ledger: Ledger) -> None:
     with pytest.raises(LedgerError, match="no job with id 99") as raised:
-        ledger.record_stalled(99)
+        ledger.moves.record_stalled(99)
     assert not isinstance(raised.value, IllegalTransition)
     with pytest.raises(LedgerError, match="no job with id 99"):
-        ledger.begin_submit_many([99])
+        ledger.moves.begin_submit_many([99])
     with pytest.raises(LedgerError, match="no job with id 99"):
-        ledger.get_job(99)
+        ledger.reads.get_job(99)
 
 
-def test_the_event_is_written_in_the_same_transaction(ledger: Ledger, path: Path) -> None:
-    job_id = add_job(ledger)
+def test_the_event_is_written_in_the_same_transaction(sqlite_ledger: Ledger, path: Path) -> None:
+    job_id = add_job(sqlite_ledger)
     conn = raw(path)  # make every event insert fail, from outside
     conn.execute(
         "CREATE TRIGGER no_events BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'no'); END"
     )
     try:
         with pytest.raises(LedgerError, match="no"):
-            ledger.begin_submit(job_id)
-        assert ledger.get_job(job_id).state is S.PENDING
-        assert ledger.get_job(job_id).attempts == 0
+            sqlite_ledger.moves.begin_submit(job_id)
+        assert sqlite_ledger.reads.get_job(job_id).state is S.PENDING
+        assert sqlite_ledger.reads.get_job(job_id).attempts == 0
     finally:
         conn.execute("DROP TRIGGER no_events")
         conn.close()
-    ledger.begin_submit(job_id)
-    assert ledger.get_job(job_id).state is S.SUBMITTING
+    sqlite_ledger.moves.begin_submit(job_id)
+    assert sqlite_ledger.reads.get_job(job_id).state is S.SUBMITTING
 
 
 def test_begin_submit_many_is_all_or_nothing(ledger: Ledger) -> None:
-    ledger.upsert_jobs("b", specs(4))
-    ids = [j.id for j in ledger.pending_jobs("b", 4)]
+    ledger.plans.upsert_jobs("b", specs(4))
+    ids = [j.id for j in ledger.queue.take_pending("b", 4)]
     reach(ledger, ids[2], S.SUBMITTING)
     with pytest.raises(IllegalTransition, match=f"{ids[2]} \\(submitting\\)"):
-        ledger.begin_submit_many(ids)
-    assert ledger.counts("b")[S.PENDING] == 3
-    ledger.begin_submit_many([ids[0], ids[1], ids[0], ids[3]])  # duplicates count once
-    rows = [ledger.get_job(i) for i in ids]
+        ledger.moves.begin_submit_many(ids)
+    assert ledger.reads.counts("b")[S.PENDING] == 3
+    ledger.moves.begin_submit_many([ids[0], ids[1], ids[0], ids[3]])  # duplicates count once
+    rows = [ledger.reads.get_job(i) for i in ids]
     assert all(r.state is S.SUBMITTING and r.attempts == 1 for r in rows)
-    assert [e.detail for e in ledger.events(ids[0])] == [{"attempt": 1}]
-    ledger.begin_submit_many([])
+    assert [e.detail for e in ledger.reads.events(ids[0])] == [{"attempt": 1}]
+    ledger.moves.begin_submit_many([])
 
 
 def test_submission_records_the_task(ledger: Ledger, clock: Clock) -> None:
     job_id = add_job(ledger)
-    ledger.begin_submit(job_id)
+    ledger.moves.begin_submit(job_id)
     clock.advance(2)
-    assert ledger.record_submitted(job_id, "task_1", "queued", T0 + 62) is S.QUEUED
-    row = ledger.get_job(job_id)
+    assert ledger.moves.record_submitted(job_id, "task_1", "queued", T0 + 62) is S.QUEUED
+    row = ledger.reads.get_job(job_id)
     assert (row.task_id, row.remote_status, row.next_poll_at) == ("task_1", "queued", T0 + 62)
     assert (row.submitted_utc, row.queued_utc) == (utc_iso(T0), utc_iso(T0 + 2))
     assert row.started_utc is None and row.watch_started_at == T0 + 2
-    assert ledger.events(job_id)[-1].detail == {
+    assert ledger.reads.events(job_id)[-1].detail == {
         "remote_status": "queued",
         "task_id": "task_1",
         "first_poll_in_s": 60.0,
     }
 
     running = add_job(ledger, "k2")
-    ledger.begin_submit(running)
+    ledger.moves.begin_submit(running)
     assert (
-        ledger.record_submitted(running, "task_2", "IN_PROGRESS", T0, seen=S.IN_PROGRESS)
+        ledger.moves.record_submitted(running, "task_2", "IN_PROGRESS", T0, seen=S.IN_PROGRESS)
         is S.IN_PROGRESS
     )
-    assert ledger.get_job(running).started_utc == utc_iso(clock())
+    assert ledger.reads.get_job(running).started_utc == utc_iso(clock())
     with pytest.raises(ValueError):
-        ledger.record_submitted(add_job(ledger, "k3"), "", None, T0)
+        ledger.moves.record_submitted(add_job(ledger, "k3"), "", None, T0)
 
 
 def test_polls_update_in_place_and_never_go_backwards(ledger: Ledger, clock: Clock) -> None:
     job_id = add_job(ledger)
     reach(ledger, job_id, S.QUEUED)
-    events = len(ledger.events(job_id))
-    assert ledger.record_poll(job_id, "SUBMITTED", 0, T0 + 10, seen=S.QUEUED) is S.QUEUED
-    assert len(ledger.events(job_id)) == events
+    events = len(ledger.reads.events(job_id))
+    assert ledger.moves.record_poll(job_id, "SUBMITTED", 0, T0 + 10, seen=S.QUEUED) is S.QUEUED
+    assert len(ledger.reads.events(job_id)) == events
     clock.advance(10)
     assert (
-        ledger.record_poll(job_id, "in_progress", 30, T0 + 20, seen=S.IN_PROGRESS) is S.IN_PROGRESS
+        ledger.moves.record_poll(job_id, "in_progress", 30, T0 + 20, seen=S.IN_PROGRESS)
+        is S.IN_PROGRESS
     )
-    stale = ledger.record_poll(job_id, "queued", None, T0 + 40, seen=S.QUEUED)
+    stale = ledger.moves.record_poll(job_id, "queued", None, T0 + 40, seen=S.QUEUED)
     assert stale is S.IN_PROGRESS  # a stale answer never moves a job back
-    row = ledger.get_job(job_id)
+    row = ledger.reads.get_job(job_id)
     assert (row.polls, row.progress, row.next_poll_at) == (3, 30, T0 + 40)
     assert row.started_utc == utc_iso(T0 + 10)
-    assert len(ledger.events(job_id)) == events + 1
+    assert len(ledger.reads.events(job_id)) == events + 1
     with pytest.raises(ValueError, match="terminal"):
-        ledger.record_poll(job_id, "SUCCESS", 100, T0 + 50, seen=S.COMPLETED)
-    assert ledger.get_job(job_id) == row
+        ledger.moves.record_poll(job_id, "SUCCESS", 100, T0 + 50, seen=S.COMPLETED)
+    assert ledger.reads.get_job(job_id) == row
 
 
 def test_release_unsent_frees_the_job_for_another_attempt(ledger: Ledger) -> None:
     job_id = add_job(ledger)
-    ledger.begin_submit(job_id)
-    ledger.release_unsent(job_id, "429 before any work")
-    row = ledger.get_job(job_id)
+    ledger.moves.begin_submit(job_id)
+    ledger.moves.release_unsent(job_id, "429 before any work")
+    row = ledger.reads.get_job(job_id)
     assert (row.state, row.attempts, row.billable_attempts) == (S.PENDING, 1, 0)
     assert row.error_message == "429 before any work" and row.submitted_utc is None
-    ledger.begin_submit(job_id)
-    row = ledger.get_job(job_id)
+    ledger.moves.begin_submit(job_id)
+    row = ledger.reads.get_job(job_id)
     assert (row.attempts, row.billable_attempts, row.error_message) == (2, 1, None)
 
 
 def test_download_errors_are_kept_until_the_download_succeeds(ledger: Ledger) -> None:
     job_id = add_job(ledger)
     reach(ledger, job_id, S.COMPLETED)
-    ledger.record_download_error(job_id, "HTTP 403")
-    ledger.record_download_error(job_id, "truncated")
-    ledger.refresh_url(job_id, "https://cdn.example/fresh.mp4", T0 + 900)
-    row = ledger.get_job(job_id)
+    ledger.moves.record_download_error(job_id, "HTTP 403")
+    ledger.moves.record_download_error(job_id, "truncated")
+    ledger.moves.refresh_url(job_id, "https://cdn.example/fresh.mp4", T0 + 900)
+    row = ledger.reads.get_job(job_id)
     assert (row.download_errors, row.error_message) == (2, "truncated")
     assert (row.video_url, row.video_url_expires_at) == ("https://cdn.example/fresh.mp4", T0 + 900)
-    ledger.record_downloaded(job_id, Path("out/a.mp4"), 10, "cd" * 32)
-    row = ledger.get_job(job_id)
+    ledger.moves.record_downloaded(job_id, Path("out/a.mp4"), 10, "cd" * 32)
+    row = ledger.reads.get_job(job_id)
     assert (row.file_path, row.bytes, row.sha256) == ("out/a.mp4", 10, "cd" * 32)
     assert row.error_message is None and row.downloaded_utc == row.finished_utc
 
@@ -192,8 +193,8 @@ def test_download_errors_are_kept_until_the_download_succeeds(ledger: Ledger) ->
 def test_a_stall_counts_the_poll_that_found_it_and_keeps_why(ledger: Ledger) -> None:
     job_id = add_job(ledger)
     reach(ledger, job_id, S.QUEUED)
-    ledger.record_stalled(job_id, "still rendering after 12 min")
-    row = ledger.get_job(job_id)
+    ledger.moves.record_stalled(job_id, "still rendering after 12 min")
+    row = ledger.reads.get_job(job_id)
     assert (row.state, row.polls, row.error_message) == (
         S.STALLED,
         1,
@@ -202,19 +203,27 @@ def test_a_stall_counts_the_poll_that_found_it_and_keeps_why(ledger: Ledger) -> 
 
 
 def test_a_recovered_task_id_reaches_a_job_left_submitting_or_in_doubt(ledger: Ledger) -> None:
+    """A task id settles an in-doubt job: from the recovery file, or an answer that came
+    after another worker found the create left in flight (a shared ledger)."""
     waiting, doubted = add_job(ledger, "a"), add_job(ledger, "b", index=2)
+    late = add_job(ledger, "c", index=3)
     reach(ledger, waiting, S.SUBMITTING)
     reach(ledger, doubted, S.IN_DOUBT)
-    with pytest.raises(IllegalTransition):  # an in-doubt job takes a task only recovered
-        ledger.record_submitted(doubted, "task_x", "queued", T0)
+    reach(ledger, late, S.IN_DOUBT)
+    assert ledger.moves.record_submitted(late, "task_late", "queued", T0) is S.QUEUED
+    assert ledger.reads.events(late)[-1].detail == {
+        "task_id": "task_late",
+        "remote_status": "queued",
+        "first_poll_in_s": 0.0,
+    }
     for job_id in (waiting, doubted):
-        state = ledger.record_submitted(
+        state = ledger.moves.record_submitted(
             job_id, f"task_{job_id}", "IN_PROGRESS", T0, seen=S.IN_PROGRESS, recovered=True
         )
-        row = ledger.get_job(job_id)
+        row = ledger.reads.get_job(job_id)
         assert state is S.IN_PROGRESS and row.task_id == f"task_{job_id}"
         assert row.error_message is None and row.finished_utc is None
-        assert (ledger.events(job_id)[-1].detail or {})["recovered"] is True
+        assert (ledger.reads.events(job_id)[-1].detail or {})["recovered"] is True
 
 
 # -- the retry policy's new attempts ----------------------------------------------------
@@ -226,8 +235,8 @@ def test_a_failed_attempt_retried_by_the_policy_is_pending_with_its_story(
     job_id = add_job(ledger)
     reach(ledger, job_id, S.IN_PROGRESS)
     retry = AutoRetry("error", T0 + 90, "retry.error = 2")
-    ledger.record_failed(job_id, "internal_error", "an internal error", retry=retry)
-    job = ledger.get_job(job_id)
+    ledger.moves.record_failed(job_id, "internal_error", "an internal error", retry=retry)
+    job = ledger.reads.get_job(job_id)
     assert (job.state, job.task_id, job.retry_at, job.retries) == (
         S.PENDING,
         None,
@@ -235,7 +244,7 @@ def test_a_failed_attempt_retried_by_the_policy_is_pending_with_its_story(
         {"error": 1},
     )
     assert job.billable_attempts == 1 and "an internal error" in (job.error_message or "")
-    *_, failed, again = ledger.events(job_id)
+    *_, failed, again = ledger.reads.events(job_id)
     assert (failed.from_state, failed.to_state) == (S.IN_PROGRESS, S.FAILED)
     assert (again.from_state, again.to_state) == (S.FAILED, S.PENDING)
     assert again.detail == {
@@ -246,15 +255,17 @@ def test_a_failed_attempt_retried_by_the_policy_is_pending_with_its_story(
         "after_s": 90.0,
     }
     # Not due before its back-off ends; then it is, and the next failure counts on.
-    assert ledger.pending_jobs("b", 10, now=T0 + 89) == []
-    assert ledger.next_retry_time("b") == T0 + 90
-    assert [j.id for j in ledger.pending_jobs("b", 10, now=T0 + 90)] == [job_id]
+    assert ledger.queue.take_pending("b", 10, now=T0 + 89) == []
+    assert ledger.queue.next_retry_time("b") == T0 + 90
+    assert [j.id for j in ledger.queue.take_pending("b", 10, now=T0 + 90)] == [job_id]
     reach(ledger, job_id, S.IN_PROGRESS)
-    assert ledger.get_job(job_id).retry_at is None and ledger.next_retry_time("b") is None
-    ledger.record_failed(job_id, "internal_error", "again", retry=retry)
-    assert ledger.get_job(job_id).retries == {"error": 2}
-    assert ledger.retries_made("b") == {"error": (2, 0.0)}
-    assert ledger.verify() == []
+    assert (
+        ledger.reads.get_job(job_id).retry_at is None and ledger.queue.next_retry_time("b") is None
+    )
+    ledger.moves.record_failed(job_id, "internal_error", "again", retry=retry)
+    assert ledger.reads.get_job(job_id).retries == {"error": 2}
+    assert ledger.reads.retries_made("b") == {"error": (2, 0.0)}
+    assert ledger.reads.verify() == []
 
 
 def test_a_stalled_attempt_retried_is_split_off_and_still_watched(
@@ -262,11 +273,11 @@ def test_a_stalled_attempt_retried_is_split_off_and_still_watched(
 ) -> None:
     job_id = add_job(ledger)
     reach(ledger, job_id, S.IN_PROGRESS)
-    job = ledger.get_job(job_id)
+    job = ledger.reads.get_job(job_id)
     retry = AutoRetry("stalled", T0 + 30, "retry.stalled = 1")
-    kept = ledger.record_stalled(job_id, "ran 4x p99", retry=retry, watch_at=T0 + 300)
+    kept = ledger.moves.record_stalled(job_id, "ran 4x p99", retry=retry, watch_at=T0 + 300)
     assert kept is not None
-    extra, again = ledger.get_job(kept), ledger.get_job(job_id)
+    extra, again = ledger.reads.get_job(kept), ledger.reads.get_job(job_id)
     # The earlier attempt keeps the task, is polled again, and bills nothing more.
     assert (extra.state, extra.task_id, extra.extra_of, extra.key) == (
         S.IN_PROGRESS,
@@ -278,21 +289,21 @@ def test_a_stalled_attempt_retried_is_split_off_and_still_watched(
     assert (again.state, again.task_id, again.retries) == (S.PENDING, None, {"stalled": 1})
     assert again.billable_attempts == 1  # the stalled attempt's cost stays on the job
     # Extra takes are not the batch's jobs: counts, the active cap and status keep them apart.
-    assert ledger.counts("b")[S.IN_PROGRESS] == 0 and ledger.counts("b")[S.PENDING] == 1
-    assert ledger.counts("b", extras=True)[S.IN_PROGRESS] == 1
-    assert ledger.active_count("b") == 0
-    assert ledger.status("b")["extra_takes"] == {"in_progress": 1}
-    assert ledger.status("b")["total"] == 1
+    assert ledger.reads.counts("b")[S.IN_PROGRESS] == 0 and ledger.reads.counts("b")[S.PENDING] == 1
+    assert ledger.reads.counts("b", extras=True)[S.IN_PROGRESS] == 1
+    assert ledger.queue.active_count("b") == 0
+    assert ledger.reads.status("b")["extra_takes"] == {"in_progress": 1}
+    assert ledger.reads.status("b")["total"] == 1
     # Its history is the job's up to the split (it was never stalled itself).
-    steps = [(e.from_state, e.to_state) for e in ledger.events(kept)]
-    assert steps == [(e.from_state, e.to_state) for e in ledger.events(job_id)][: len(steps)]
+    steps = [(e.from_state, e.to_state) for e in ledger.reads.events(kept)]
+    assert steps == [(e.from_state, e.to_state) for e in ledger.reads.events(job_id)][: len(steps)]
     assert steps[-1] == (S.QUEUED, S.IN_PROGRESS)
-    assert ledger.events(job_id)[-1].detail["kept_as_job"] == kept  # type: ignore[index]
-    assert ledger.verify() == []
+    assert ledger.reads.events(job_id)[-1].detail["kept_as_job"] == kept  # type: ignore[index]
+    assert ledger.reads.verify() == []
     # It ends like any task: its video downloaded under its own row ...
-    ledger.record_completed(kept, "https://cdn.example/x.mp4", None)
-    ledger.record_downloaded(kept, "out/x-a1.mp4", 10, "cd" * 32)
-    assert ledger.status("b")["extra_takes"] == {"downloaded": 1}
+    ledger.moves.record_completed(kept, "https://cdn.example/x.mp4", None)
+    ledger.moves.record_downloaded(kept, "out/x-a1.mp4", 10, "cd" * 32)
+    assert ledger.reads.status("b")["extra_takes"] == {"downloaded": 1}
 
 
 def test_an_extra_take_that_fails_stays_failed_whatever_the_user_retries(
@@ -301,11 +312,11 @@ def test_an_extra_take_that_fails_stays_failed_whatever_the_user_retries(
     job_id = add_job(ledger)
     reach(ledger, job_id, S.IN_PROGRESS)
     retry = AutoRetry("stalled", T0, "retry.stalled = 1")
-    kept = ledger.record_stalled(job_id, "ran 4x p99", retry=retry, watch_at=T0)
+    kept = ledger.moves.record_stalled(job_id, "ran 4x p99", retry=retry, watch_at=T0)
     assert kept is not None
-    ledger.record_stalled(kept, "watched for 2 h more")  # no retry: an earlier attempt
-    assert ledger.retry("b", S.STALLED) == 1  # watched again: the same task, no cost
-    assert ledger.get_job(kept).state is S.IN_PROGRESS
-    ledger.record_failed(kept, "task_not_exist", "task_not_exist")
-    assert ledger.retry("b", S.FAILED) == 0  # its job has had its new attempt
-    assert ledger.get_job(kept).state is S.FAILED and ledger.verify() == []
+    ledger.moves.record_stalled(kept, "watched for 2 h more")  # no retry: an earlier attempt
+    assert ledger.plans.retry("b", S.STALLED) == 1  # watched again: the same task, no cost
+    assert ledger.reads.get_job(kept).state is S.IN_PROGRESS
+    ledger.moves.record_failed(kept, "task_not_exist", "task_not_exist")
+    assert ledger.plans.retry("b", S.FAILED) == 0  # its job has had its new attempt
+    assert ledger.reads.get_job(kept).state is S.FAILED and ledger.reads.verify() == []

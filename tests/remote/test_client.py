@@ -257,12 +257,13 @@ async def test_a_create_answered_after_the_read_timeout_is_in_doubt(sim: Simulat
 async def test_before_send_runs_after_the_gate_before_each_attempt(sim: Simulator) -> None:
     gate = CountingGate()
     calls: list[tuple[int, int]] = []  # (gate grants so far, requests the server saw)
+
+    async def before_send() -> None:
+        calls.append((gate.acquired, sim.stats()["api_requests"]))
+
     async with fast_client(sim, limiter=gate) as client:
         sim.inject(server_error=1)
-        await client.create(
-            VideoRequest(prompt="x", model=FAST),
-            before_send=lambda: calls.append((gate.acquired, sim.stats()["api_requests"])),
-        )
+        await client.create(VideoRequest(prompt="x", model=FAST), before_send=before_send)
     assert calls == [(1, 0), (2, 1)]
 
 

@@ -123,18 +123,18 @@ def test_percentile_interpolates_between_ranks() -> None:
 
 
 def test_report_figures_match_the_ledger(finished: ReportData, ledger: Ledger) -> None:
-    counts = ledger.counts(BATCH)
+    counts = ledger.reads.counts(BATCH)
     assert finished.counts == counts
     assert finished.total == 48 == sum(counts.values())
     assert counts[S.FAILED] == 5 and counts[S.DOWNLOADED] == 39
-    assert finished.cost_usd == pytest.approx(ledger.committed_cost(BATCH))
+    assert finished.cost_usd == pytest.approx(ledger.queue.committed_cost(BATCH))
     plan = matrix_plan()
     assert finished.planned_cost_usd == pytest.approx(plan.totals.cost_usd)
     assert finished.planned_seconds == plan.totals.output_seconds
-    rendered = [j for j in ledger.jobs(BATCH) if j.state in (S.DOWNLOADED, S.COMPLETED)]
+    rendered = [j for j in ledger.reads.jobs(BATCH) if j.state in (S.DOWNLOADED, S.COMPLETED)]
     assert finished.output_seconds == sum(j.seconds for j in rendered)
     for model in finished.models:
-        jobs = [j for j in ledger.jobs(BATCH) if j.model == model.model]
+        jobs = [j for j in ledger.reads.jobs(BATCH) if j.model == model.model]
         # the fixture's render times: 30 + 5 * idx unless the outcome says otherwise
         times = [
             MATRIX_OUTCOMES[j.idx].render if j.idx in MATRIX_OUTCOMES else 30.0 + 5 * j.idx
@@ -153,23 +153,23 @@ def test_render_seconds_are_what_the_task_proved_not_when_we_looked(
     ledger: Ledger, clock: Clock
 ) -> None:
     add_batch(ledger, "b", Path("out"))
-    ledger.upsert_jobs("b", [NewJob(key="k", index=1, prompt="p", model="m")])
-    job = next(ledger.jobs("b"))
+    ledger.plans.upsert_jobs("b", [NewJob(key="k", index=1, prompt="p", model="m")])
+    job = next(ledger.reads.jobs("b"))
     drive(ledger, clock, job, Outcome("completed", 90.5), bytes_video(Path("unused")))
-    done = next(ledger.jobs("b"))
+    done = next(ledger.reads.jobs("b"))
     # Recorded without render evidence (an older ledger): created to completion seen.
     assert done.render_seconds == pytest.approx(90.5)
     assert job.render_seconds is None
-    ledger.upsert_jobs("b", [NewJob(key="k2", index=2, prompt="p", model="m")])
-    second = ledger.job_by_key("b", "k2")
+    ledger.plans.upsert_jobs("b", [NewJob(key="k2", index=2, prompt="p", model="m")])
+    second = ledger.reads.job_by_key("b", "k2")
     assert second is not None
-    ledger.begin_submit(second.id)
-    ledger.record_submitted(second.id, "task_2", "queued", clock() + 60)
+    ledger.moves.begin_submit(second.id)
+    ledger.moves.record_submitted(second.id, "task_2", "queued", clock() + 60)
     clock.advance(300)  # seen done long after it finished: that wait is not the render
-    ledger.record_completed(
+    ledger.moves.record_completed(
         second.id, "u", None, render=RenderSample(80, 82, stamped=True), render_s=81.2
     )
-    assert ledger.get_job(second.id).render_seconds == pytest.approx(81.2)
+    assert ledger.reads.get_job(second.id).render_seconds == pytest.approx(81.2)
 
 
 def test_failures_are_grouped_by_reason_with_examples(finished: ReportData) -> None:
@@ -249,11 +249,11 @@ def test_a_running_batch_is_reported_as_unfinished(
 
 def test_text_makes_control_characters_visible(ledger: Ledger, clock: Clock) -> None:
     add_batch(ledger, "b", Path("out"))
-    ledger.upsert_jobs("b", [NewJob(key="k", index=1, prompt="p", model="m", prompt_id="x")])
+    ledger.plans.upsert_jobs("b", [NewJob(key="k", index=1, prompt="p", model="m", prompt_id="x")])
     drive(
         ledger,
         clock,
-        next(ledger.jobs("b")),
+        next(ledger.reads.jobs("b")),
         Outcome("failed", 10, "E", "bad \x1b[31mred\x1b[0m\nline"),
         bytes_video(Path("unused")),
     )
@@ -273,7 +273,7 @@ def test_csv_has_one_row_per_job_in_a_stable_column_order(
     header = next(reader)
     assert header == [*CSV_COLUMNS, "axis.style"]
     rows = list(csv.DictReader(io.StringIO(text)))
-    jobs = list(ledger.jobs(BATCH))
+    jobs = list(ledger.reads.jobs(BATCH))
     assert len(rows) == len(jobs) == 48
     for row, job in zip(rows, jobs, strict=True):
         assert row["index"] == str(job.idx) and row["key"] == job.key
@@ -290,7 +290,7 @@ def test_csv_has_one_row_per_job_in_a_stable_column_order(
 def test_csv_and_json_keep_awkward_text_intact(ledger: Ledger, clock: Clock) -> None:
     awkward = 'a "quoted", comma,\nnew line; ünïcode | pipe ' + XSS
     add_batch(ledger, "b", Path("out"))
-    ledger.upsert_jobs("b", [NewJob(key="k", index=1, prompt=awkward, model="m")])
+    ledger.plans.upsert_jobs("b", [NewJob(key="k", index=1, prompt=awkward, model="m")])
     data = load_report(ledger, "b")
     (row,) = list(csv.DictReader(io.StringIO(render_csv(data))))
     assert row["prompt"] == awkward and row["state"] == "pending"
@@ -393,8 +393,8 @@ def test_html_escapes_every_piece_of_user_text(ledger: Ledger, clock: Clock) -> 
         NewJob(key="a", index=1, prompt=XSS, model="m", prompt_id='"><b>id'),
         NewJob(key="b", index=2, prompt="fine", model="m<x>", size='9:16"><script>'),
     ]
-    ledger.upsert_jobs("b<i>", jobs)
-    a = ledger.job_by_key("b<i>", "a")
+    ledger.plans.upsert_jobs("b<i>", jobs)
+    a = ledger.reads.job_by_key("b<i>", "a")
     assert a is not None
     drive(ledger, clock, a, Outcome("failed", 5, "<code>", XSS + " & more"), bytes_video(Path()))
     page = render_html(load_report(ledger, "b<i>"), "report.html")
@@ -415,7 +415,7 @@ def test_html_marks_missing_files_and_quotes_paths(
     ledger: Ledger, clock: Clock, tmp_path: Path
 ) -> None:
     add_batch(ledger, "b", tmp_path / "out")
-    ledger.upsert_jobs(
+    ledger.plans.upsert_jobs(
         "b", [NewJob(key=k, index=i, prompt="p", model="m") for i, k in enumerate("xy")]
     )
     folder = tmp_path / "my videos#1"
@@ -475,7 +475,7 @@ def test_gallery_layout_without_axes_falls_back_to_model_and_size(
     ledger: Ledger, tmp_path: Path
 ) -> None:
     add_batch(ledger, "b", tmp_path)
-    ledger.upsert_jobs(
+    ledger.plans.upsert_jobs(
         "b",
         [
             NewJob(key=f"{p}{m}{s}", index=i, prompt=p, model=m, size=s)
@@ -484,10 +484,10 @@ def test_gallery_layout_without_axes_falls_back_to_model_and_size(
             )
         ],
     )
-    layout = gallery_layout(list(ledger.jobs("b")))
+    layout = gallery_layout(list(ledger.reads.jobs("b")))
     assert layout.column_axes == ("model", "size") and layout.row_axes == ()
     assert len(layout.columns) == 4 and [r.template for r in layout.rows] == ["one", "two"]
-    single = gallery_layout([next(ledger.jobs("b"))])
+    single = gallery_layout([next(ledger.reads.jobs("b"))])
     assert single.column_axes == () and single.columns == ((),)
 
 
@@ -496,17 +496,17 @@ def test_template_variables_become_columns_when_no_api_setting_varies(
 ) -> None:
     add_batch(ledger, "b", tmp_path)
     axes = [(("model", "m"), ("mood", v)) for v in ("calm", "storm")]
-    ledger.upsert_jobs(
+    ledger.plans.upsert_jobs(
         "b",
         [
             NewJob(key=str(i), index=i, prompt=f"sea, {a[1][1]}", model="m", axes=a)
             for i, a in enumerate(axes)
         ],
     )
-    layout = gallery_layout(list(ledger.jobs("b")))
+    layout = gallery_layout(list(ledger.reads.jobs("b")))
     assert (layout.column_axes, layout.row_axes) == (("mood",), ())
     assert [r.template for r in layout.rows] == ["sea, {mood}"]
-    job = next(ledger.jobs("b"))
+    job = next(ledger.reads.jobs("b"))
     assert prompt_template(job, job.axes) == "sea, {mood}"
 
 
@@ -624,8 +624,10 @@ def test_an_unwritable_output_is_exit_2_and_leaves_nothing(
 def test_many_failure_reasons_are_listed_up_to_a_limit(ledger: Ledger, clock: Clock) -> None:
     add_batch(ledger, "b", Path("out"))
     n = FAILURE_GROUPS_SHOWN + 3
-    ledger.upsert_jobs("b", [NewJob(key=f"k{i}", index=i, prompt="p", model="m") for i in range(n)])
-    for job in list(ledger.jobs("b")):
+    ledger.plans.upsert_jobs(
+        "b", [NewJob(key=f"k{i}", index=i, prompt="p", model="m") for i in range(n)]
+    )
+    for job in list(ledger.reads.jobs("b")):
         drive(
             ledger, clock, job, Outcome("failed", 5, "E", f"reason {job.idx}"), bytes_video(Path())
         )

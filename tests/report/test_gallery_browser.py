@@ -95,9 +95,9 @@ def build_report_html(tmp_path: Path) -> tuple[Path, list[JobRow]]:
         evil = NewJob(key="evil", index=49, prompt=INJECTION, model="doubao-seedance-2-0-fast")
         odd = NewJob(key="odd", index=50, prompt="a pier", model="doubao-seedance-2-0",
                      size="1920x1080", resolution="720p", seconds=4)  # fmt: skip
-        ledger.upsert_jobs(batch, [evil, odd])
+        ledger.plans.upsert_jobs(batch, [evil, odd])
         drive_all(ledger, clock, batch, MATRIX_OUTCOMES, make_video, default=None, probe=True)
-        for job in ledger.jobs(batch):
+        for job in ledger.reads.jobs(batch):
             if job.state.value == "pending":
                 outcome = "failed" if job.key == "evil" else "downloaded"
                 render = 30.0 + 5 * job.idx
@@ -105,7 +105,7 @@ def build_report_html(tmp_path: Path) -> tuple[Path, list[JobRow]]:
                 drive(ledger, clock, job, how, make_video, probe=True)
         html_path = videos / "report.html"
         html_path.write_text(render_html(load_report(ledger, batch), html_path), encoding="utf-8")
-        return html_path, list(ledger.jobs(batch))
+        return html_path, list(ledger.reads.jobs(batch))
 
 
 def test_the_gallery_plays_in_chromium_and_runs_no_user_script(

@@ -40,7 +40,7 @@ def matrix_batch(tmp_path: Path) -> ReportData:
         batch = add_batch(ledger, matrix_plan(), tmp_path / "videos")
         odd = NewJob(key="odd", index=49, prompt="a pier", model="doubao-seedance-2-0",
                      size="1920x1080", resolution="720p", seconds=4)  # fmt: skip
-        ledger.upsert_jobs(batch, [odd])
+        ledger.plans.upsert_jobs(batch, [odd])
         drive_all(ledger, clock, batch, MATRIX_OUTCOMES, real_video(tmp_path / "videos"),
                   probe=True)  # fmt: skip
         return load_report(ledger, batch)
@@ -151,7 +151,7 @@ def test_a_batch_too_tall_for_one_picture_shows_its_first_rows_and_says_so(
                    model="doubao-seedance-2-0-fast")
             for i in range(MAX_ROWS + 10)
         ]  # fmt: skip
-        ledger.upsert_jobs(batch, jobs)
+        ledger.plans.upsert_jobs(batch, jobs)
         drive_all(ledger, clock, batch, {}, bytes_video(tmp_path / "videos"))
         data = load_report(ledger, batch)
     plan = sheet_layout(data)

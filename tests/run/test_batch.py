@@ -63,8 +63,8 @@ def test_the_expanders_jobs_are_recorded_with_their_axes_and_cost(tmp_path: Path
     plan = load_plan(manifest)
     path = tmp_path / "l.db"
     with Ledger(path) as ledger:
-        prepared = prepare(ledger, plan, Endpoint(simulate=True), path)
-        rows = list(ledger.jobs("b"))
+        prepared = prepare(ledger, plan, Endpoint(simulate=True))
+        rows = list(ledger.reads.jobs("b"))
     assert prepared.new_jobs == 4
     assert [r.axes for r in rows] == [j.axes for j in plan.jobs]
     assert rows[0].axes == (("size", "16:9"), ("style", "noir"))

@@ -147,7 +147,7 @@ async def test_faults_end_in_the_right_states_and_nothing_is_paid_twice(tmp_path
                 assert stats["tasks"][job.task_id]["sha256"] == job.sha256
         # The user decides to resubmit the in-doubt jobs: now, and only now, duplicates appear.
         with Ledger(tmp_path / "ledger.db") as ledger:
-            assert ledger.retry("e2e", S.IN_DOUBT) == len(in_doubt)
+            assert ledger.plans.retry("e2e", S.IN_DOUBT) == len(in_doubt)
         calm = replace(OPTIONS, retry=NO_RETRIES)
         sim.configure(p_drop_after_create=0.0, p_5xx=0.0, fail_rate=0.0, error_rate=0.0)
         await run_once(tmp_path, sim, plan, calm)
@@ -179,13 +179,13 @@ async def test_budget_stops_submissions(tmp_path: Path, sim: Simulator) -> None:
     ledger_path = tmp_path / "ledger.db"
     with Ledger(ledger_path) as ledger:
         # Three jobs were tried before and failed ($1.50 spent); the user retries them.
-        prepare(ledger, plan, Endpoint(sim.base_url, sim.api_key), ledger_path)
-        jobs = ledger.pending_jobs("e2e", 3)
-        ledger.begin_submit_many([j.id for j in jobs])
+        prepare(ledger, plan, Endpoint(sim.base_url, sim.api_key))
+        jobs = ledger.queue.take_pending("e2e", 3)
+        ledger.moves.begin_submit_many([j.id for j in jobs])
         for j in jobs:
-            ledger.record_submitted(j.id, f"old-{j.id}", "queued", 0)
-            ledger.record_failed(j.id, "FAILED", "earlier attempt")
-        assert ledger.retry("e2e", S.FAILED) == 3
+            ledger.moves.record_submitted(j.id, f"old-{j.id}", "queued", 0)
+            ledger.moves.record_failed(j.id, "FAILED", "earlier attempt")
+        assert ledger.plans.retry("e2e", S.FAILED) == 3
     report, _ = await run_once(tmp_path, sim, plan, options)
     # $1.50 spent + 9 x $0.50 = $6.00; the tenth would exceed the budget.
     assert report.budget_blocked and not report.all_done and not report.interrupted
@@ -201,14 +201,14 @@ async def test_jobs_that_left_the_manifest_are_dropped_only_if_never_sent(
     endpoint = Endpoint(sim.base_url, sim.api_key)
     two = load_plan(matrix_manifest(tmp_path, prompts=2))
     with Ledger(ledger_path) as ledger:
-        prepare(ledger, two, endpoint, ledger_path)
-        sent = ledger.pending_jobs("e2e", 20)[-1]  # a job of the second prompt: sent once
-        ledger.begin_submit(sent.id)
-        ledger.release_unsent(sent.id, "429 before any work")
+        prepare(ledger, two, endpoint)
+        sent = ledger.queue.take_pending("e2e", 20)[-1]  # a job of the second prompt: sent once
+        ledger.moves.begin_submit(sent.id)
+        ledger.moves.release_unsent(sent.id, "429 before any work")
         one = load_plan(matrix_manifest(tmp_path, prompts=1))
-        prepared = prepare(ledger, one, endpoint, ledger_path)
+        prepared = prepare(ledger, one, endpoint)
         assert (prepared.new_jobs, prepared.known_jobs, prepared.dropped_jobs) == (0, 10, 9)
-        kept = {j.key for j in ledger.jobs("e2e")}
+        kept = {j.key for j in ledger.reads.jobs("e2e")}
     assert kept == {j.key for j in one.jobs} | {sent.key}  # history is never deleted
 
 
@@ -310,10 +310,12 @@ async def test_a_batch_several_generations_long_keeps_its_turnaround(tmp_path: P
         stats = sim.stats()
     assert report.all_done and report.counts["downloaded"] == 40
     with Ledger(tmp_path / "ledger.db") as ledger:
-        jobs = {j.task_id: j for j in ledger.jobs("e2e")}
+        jobs = {j.task_id: j for j in ledger.reads.jobs("e2e")}
         planned = {
             j.task_id: next(
-                e.detail["first_poll_in_s"] for e in ledger.events(j.id) if e.to_state == "queued"
+                e.detail["first_poll_in_s"]
+                for e in ledger.reads.events(j.id)
+                if e.to_state == "queued"
             )
             for j in jobs.values()
         }

@@ -19,6 +19,8 @@ from run_helpers import OPTIONS, SCALE, ledger_jobs, matrix_manifest, run_once
 
 from batchvid.errors import LedgerError, LedgerFull
 from batchvid.ledger import Ledger
+from batchvid.ledger.reads import Reads
+from batchvid.ledger.submits import SubmitMoves
 from batchvid.manifest.plan import load_plan
 from batchvid.remote import download
 from batchvid.run.recovery import recovery_path
@@ -162,16 +164,16 @@ async def test_a_disk_that_stays_full_stops_the_run_cleanly(
 async def test_a_task_id_the_ledger_cannot_take_is_kept_and_recorded_next_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = Ledger.record_submitted
+    real = SubmitMoves.record_submitted
     calls = [0]
 
-    def failing(self: Ledger, *args: Any, **kwargs: Any) -> S:
+    def failing(self: SubmitMoves, *args: Any, **kwargs: Any) -> S:
         calls[0] += 1
         if calls[0] == 3 and not kwargs.get("recovered"):
-            raise LedgerFull(f"ledger {self.path}: its disk is full (database or disk is full)")
+            raise LedgerFull("ledger: its disk is full (database or disk is full)")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Ledger, "record_submitted", failing)
+    monkeypatch.setattr(SubmitMoves, "record_submitted", failing)
     plan = one_prompt(tmp_path)
     async with serve_simulator(SimConfig(time_scale=SCALE, seed=12)) as sim:
         report, _ = await run_once(tmp_path, sim, plan)
@@ -180,7 +182,7 @@ async def test_a_task_id_the_ledger_cannot_take_is_kept_and_recorded_next_run(
         kept = [json.loads(line) for line in lines]
         assert len(kept) == 1 and kept[0]["task_id"] in sim.stats()["tasks"]
         with Ledger(tmp_path / "ledger.db") as ledger:
-            assert ledger.get_job(kept[0]["job_id"]).state is S.SUBMITTING
+            assert ledger.reads.get_job(kept[0]["job_id"]).state is S.SUBMITTING
         again, _ = await run_once(tmp_path, sim, plan)
         stats = sim.stats()
     assert again.all_done and again.counts["downloaded"] == 10
@@ -195,16 +197,16 @@ async def test_no_ledger_read_stands_between_a_create_and_its_task_id(
 ) -> None:
     """The render history cannot be read (a damaged index page): no create is paid for
     without its task id recorded, and the jobs it stopped are still pending."""
-    real = Ledger.render_samples
+    real = Reads.render_samples
     calls = [0]
 
-    def damaged(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+    def damaged(self: Reads, *args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         if calls[0] % 2:
-            raise LedgerError(f"ledger {self.path}: database disk image is malformed")
+            raise LedgerError("ledger: database disk image is malformed")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Ledger, "render_samples", damaged)
+    monkeypatch.setattr(Reads, "render_samples", damaged)
     options = replace(OPTIONS, concurrency=4)
     async with serve_simulator(SimConfig(time_scale=SCALE, seed=17)) as sim:
         report, _ = await run_once(tmp_path, sim, one_prompt(tmp_path), options)
@@ -219,10 +221,10 @@ async def test_no_ledger_read_stands_between_a_create_and_its_task_id(
 def damage_an_index(path: Path) -> None:
     """Overwrite one index page of the ledger with garbage (a bad sector, say)."""
     with Ledger(path) as ledger:
-        page = ledger._conn.execute(
+        page = ledger.engine._conn.execute(
             "SELECT rootpage FROM sqlite_master WHERE name = 'jobs_batch_state'"
         ).fetchone()[0]
-        size = ledger._conn.execute("PRAGMA page_size").fetchone()[0]
+        size = ledger.engine._conn.execute("PRAGMA page_size").fetchone()[0]
     with path.open("r+b") as fh:
         fh.seek((page - 1) * size)
         fh.write(b"\xde\xad\xbe\xef" * (size // 4))
@@ -268,7 +270,7 @@ async def test_an_edited_manifest_and_a_second_batch_keep_every_video(tmp_path: 
         report, _ = await run_once(tmp_path, sim, load_plan(second))
         assert report.all_done
     with Ledger(tmp_path / "ledger.db") as ledger:
-        jobs = [*ledger.jobs("e2e"), *ledger.jobs("e2e-copy")]
+        jobs = [*ledger.reads.jobs("e2e"), *ledger.reads.jobs("e2e-copy")]
     assert len(jobs) == 30 and {j.state for j in jobs} == {S.DOWNLOADED}
     assert len({j.file_path for j in jobs}) == 30
     for job in jobs:
@@ -288,11 +290,11 @@ async def test_another_writer_holding_the_ledger_pauses_the_run_and_sets_no_job_
     real = Recorder.polled
     busy = [3]
 
-    def sometimes_locked(self: Recorder, *args: Any) -> None:
+    async def sometimes_locked(self: Recorder, *args: Any) -> None:
         if busy[0] > 0:
             busy[0] -= 1
             raise LedgerBusy("ledger: another program is writing it (database is locked)")
-        real(self, *args)
+        await real(self, *args)
 
     monkeypatch.setattr(Recorder, "polled", sometimes_locked)
     async with serve_simulator(SimConfig(time_scale=SCALE, seed=15)) as sim:

@@ -86,7 +86,7 @@ def sizes_manifest(tmp_path: Path, *, takes: int = 1) -> Path:
 
 def jobs_of(tmp_path: Path) -> list[Any]:
     with Ledger(tmp_path / "ledger.db") as ledger:
-        return list(ledger.jobs("e2e"))
+        return list(ledger.reads.jobs("e2e"))
 
 
 async def test_every_download_is_probed_and_what_the_api_changed_is_flagged(

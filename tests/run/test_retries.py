@@ -36,7 +36,7 @@ def retries_of(jobs: list[Any]) -> int:
 
 def events_of(tmp_path: Path, job_id: int) -> list[Any]:
     with Ledger(tmp_path / "ledger.db") as ledger:
-        return ledger.events(job_id)
+        return ledger.reads.events(job_id)
 
 
 async def test_error_is_retried_until_every_job_is_downloaded(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ async def test_a_stalled_task_that_finishes_after_the_retry_is_kept_as_an_extra_
             digest = hashlib.sha256(Path(row.file_path).read_bytes()).hexdigest()
             assert digest == row.sha256 == stats["tasks"][row.task_id]["sha256"]
     with Ledger(tmp_path / "ledger.db") as ledger:
-        assert ledger.verify() == []  # every row's events replay, the split-off ones too
+        assert ledger.reads.verify() == []  # every row's events replay, the split-off ones too
         report_data = load_report(ledger, "e2e")
     # The report says which video came from which attempt, in every format.
     assert len(report_data.jobs) == 20 and len(report_data.extras) == len(extras)
@@ -165,7 +165,7 @@ async def test_the_budget_stops_retries_as_it_stops_first_attempts(tmp_path: Pat
     assert stats["creates"] == sum(job.billable_attempts for job in jobs) <= 12
     assert any(job.state is S.PENDING and job.retries for job in jobs)  # held back
     with Ledger(tmp_path / "ledger.db") as ledger:
-        assert ledger.committed_cost("e2e") <= 12.0
+        assert ledger.queue.committed_cost("e2e") <= 12.0
 
 
 async def test_in_doubt_is_never_retried_by_any_policy(tmp_path: Path) -> None:

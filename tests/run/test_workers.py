@@ -19,7 +19,14 @@ from batchvid.errors import (
 )
 from batchvid.ledger import JobRow, Ledger, NewJob
 from batchvid.remote.protocol import Task, TaskStatus
-from batchvid.run.workers import DownloadOutcome, Intent, PollOutcome, SubmitOutcome, Workers
+from batchvid.run.workers import (
+    DownloadOutcome,
+    Intent,
+    PollOutcome,
+    SubmitOutcome,
+    Withdrawn,
+    Workers,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -31,9 +38,9 @@ class StandIn:
         self._create = create
         self.methods = methods
 
-    async def create(self, request: Any, *, before_send: Callable[[], None]) -> Task:
+    async def create(self, request: Any, *, before_send: Callable[[], Any]) -> Task:
         assert self._create is not None
-        return self._create(before_send)  # type: ignore[no-any-return]
+        return await self._create(before_send)  # type: ignore[no-any-return]
 
     async def retrieve(self, task_id: str) -> Task:
         return self.methods["retrieve"](task_id)  # type: ignore[no-any-return]
@@ -45,14 +52,14 @@ class StandIn:
 @pytest.fixture
 def job(tmp_path: Path) -> JobRow:
     with Ledger(tmp_path / "l.db") as ledger:
-        ledger.upsert_batch("b", manifest_path="m", manifest_sha256="0", output_dir="out")
-        ledger.upsert_jobs("b", [NewJob("k", 1, "a prompt", "doubao-seedance-2-0")])
-        return next(ledger.jobs("b"))._replace(task_id="task_1")
+        ledger.plans.upsert_batch("b", manifest_path="m", manifest_sha256="0", output_dir="out")
+        ledger.plans.upsert_jobs("b", [NewJob("k", 1, "a prompt", "doubao-seedance-2-0")])
+        return next(ledger.reads.jobs("b"))._replace(task_id="task_1")
 
 
-def sent_then(error: BaseException) -> Callable[[Callable[[], None]], Task]:
-    def create(before_send: Callable[[], None]) -> Task:
-        before_send()
+def sent_then(error: BaseException) -> Callable[[Callable[[], Any]], Any]:
+    async def create(before_send: Callable[[], Any]) -> Task:
+        await before_send()
         raise error
 
     return create
@@ -65,9 +72,32 @@ def raise_(error: BaseException) -> Callable[..., Any]:
     return fail
 
 
-async def submit(job: JobRow, create: Callable[..., Any]) -> tuple[Any, Intent]:
+def fails_before_sending(error: BaseException) -> Callable[..., Any]:
+    async def create(before_send: Callable[[], Any]) -> Task:
+        raise error
+
+    return create
+
+
+def answers(task: Task) -> Callable[[Callable[[], Any]], Any]:
+    async def create(before_send: Callable[[], Any]) -> Task:
+        await before_send()
+        return task
+
+    return create
+
+
+async def submit(
+    job: JobRow, create: Callable[..., Any], *, withdraw: Withdrawn | None = None
+) -> tuple[Any, Intent]:
     committed: list[bool] = []
-    intent = Intent(lambda: committed.append(True))
+
+    async def commit() -> None:
+        if withdraw is not None:
+            raise withdraw
+        committed.append(True)
+
+    intent = Intent(commit)
     outcome = await Workers(StandIn(create)).submit(job, intent)  # type: ignore[arg-type]
     assert intent.sent == bool(committed)
     return outcome, intent
@@ -80,7 +110,7 @@ async def test_an_unexpected_os_error_after_the_create_left_is_in_doubt(job: Job
 
 
 async def test_an_unexpected_error_before_the_create_left_is_not_sent(job: JobRow) -> None:
-    outcome, intent = await submit(job, raise_(OSError("disk")))
+    outcome, intent = await submit(job, fails_before_sending(OSError("disk")))
     assert not intent.sent and outcome.kind == "not_sent" and outcome.unexpected
 
 
@@ -105,8 +135,18 @@ async def test_create_outcomes(job: JobRow, error: Exception, kind: str) -> None
 
 async def test_a_create_that_answers_is_created(job: JobRow) -> None:
     task = Task("task_9", TaskStatus.QUEUED, "SUBMITTED")
-    outcome, intent = await submit(job, lambda before_send: (before_send(), task)[1])
+    outcome, intent = await submit(job, answers(task))
     assert intent.sent and outcome == SubmitOutcome("created", task=task)
+
+
+@pytest.mark.parametrize("budget", [False, True])
+async def test_a_create_withdrawn_before_it_left_sends_nothing(job: JobRow, budget: bool) -> None:
+    """A shared limit reached (or a lease not sure) as the intent is recorded: nothing left."""
+    task = Task("task_9", TaskStatus.QUEUED, "SUBMITTED")
+    withdraw = Withdrawn("max_active_tasks reached over every worker", budget=budget)
+    outcome, intent = await submit(job, answers(task), withdraw=withdraw)
+    assert not intent.sent
+    assert outcome == SubmitOutcome("withdrawn", reason=str(withdraw), budget=budget)
 
 
 async def test_poll_outcomes(job: JobRow) -> None:
