@@ -81,6 +81,8 @@ def _knob(name: str, type_: Any = None) -> Callable[[_F], _F]:
 @_knob("p_5xx", _SHARE)
 @_knob("p_drop_after_create", _SHARE)
 @_knob("create_delay", _SECONDS)
+@_knob("poll_delay", _SECONDS)
+@_knob("cdn_delay", _SECONDS)
 @_knob("p_truncate", _SHARE)
 @_knob("url_ttl", _SECONDS)
 @_knob("p_cdn_error", _SHARE)

@@ -43,6 +43,8 @@ class SimConfig:
     p_5xx: float = 0.0
     p_drop_after_create: float = 0.0
     create_delay: float = 0.0
+    poll_delay: float = 0.0
+    cdn_delay: float = 0.0
     p_truncate: float = 0.0
     url_ttl: float = 600.0
     p_cdn_error: float = 0.0
@@ -103,6 +105,9 @@ KNOB_HELP: Final = {
     "then closes the connection without answering",
     "create_delay": "Seconds a create waits after making the task before answering "
     "(slow creates: a client timeout then leaves a task behind)",
+    "poll_delay": "Seconds a task lookup (GET /v1/videos/{id}) waits before answering (slow polls)",
+    "cdn_delay": "Seconds the CDN pauses halfway through each video it serves (slow "
+    "downloads: a run stopped then leaves a part file behind)",
     "p_truncate": "Probability that a download announces the full Content-Length "
     "but the connection closes halfway",
     "url_ttl": "Seconds a signed video_url stays valid; query the task for a fresh one",
@@ -153,8 +158,9 @@ def _config_problems(config: SimConfig) -> list[str]:
         problems.append("retry_after_style must be seconds, date or none")
     if config.hang_factor < 1:
         problems.append("hang_factor must be at least 1")
-    if config.time_scale < 0 or config.create_delay < 0 or config.url_ttl < 0:
-        problems.append("time_scale, create_delay and url_ttl must not be negative")
+    delays = (config.create_delay, config.poll_delay, config.cdn_delay)
+    if config.time_scale < 0 or min(delays) < 0 or config.url_ttl < 0:
+        problems.append("time_scale, the delays and url_ttl must not be negative")
     if config.rate_limit < 0 or config.rate_window <= 0:
         problems.append("rate_limit must be >= 0 and rate_window > 0")
     if config.retry_after is not None and config.retry_after < 0:

@@ -432,6 +432,31 @@ def test_truncated_download_announces_everything_and_sends_half(
     assert sim_thread.stats()["counters"]["truncated"] == 1
 
 
+def test_slow_polls_and_slow_downloads_answer_late(
+    sim_thread: Simulator, http: httpx.Client
+) -> None:
+    """``poll_delay`` holds a lookup's answer back; ``cdn_delay`` pauses halfway through a
+    video (what a worker killed mid-poll or mid-download is caught in)."""
+    task_id, url = finished_url(sim_thread, http)
+    sim_thread.configure(poll_delay=30.0, cdn_delay=30.0)
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            http.get(f"/v1/videos/{task_id}", timeout=0.5)
+        received = bytearray()
+        with (
+            pytest.raises(httpx.ReadTimeout),
+            httpx.stream("GET", url, timeout=0.5) as response,
+        ):
+            announced = int(response.headers["content-length"])
+            for chunk in response.iter_raw():
+                received += chunk
+        assert len(received) == announced // 2  # the first half came at once
+    finally:
+        sim_thread.configure(poll_delay=0.0, cdn_delay=0.0)
+    assert http.get(f"/v1/videos/{task_id}").json()["id"] == task_id
+    assert len(httpx.get(url).content) == announced
+
+
 def test_ignore_range_answers_the_whole_file_with_200(
     sim_thread: Simulator, http: httpx.Client
 ) -> None:
