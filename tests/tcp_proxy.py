@@ -70,6 +70,9 @@ class TcpProxy:
         self._target_addr: tuple[Any, ...] = address
         self._hung = False
         self._closing = False
+        #: The local ports of every connection made to the target (who sent what, as the
+        #: target saw it: its peer's port).
+        self.upstream_ports: set[int] = set()
         self._links: set[_Link] = set()
         self._commands: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = (
             queue.SimpleQueue()
@@ -232,6 +235,8 @@ class TcpProxy:
             link = _Link(client, upstream)
             self._links.add(link)
             code = upstream.connect_ex(self._target_addr)
+            with contextlib.suppress(OSError):
+                self.upstream_ports.add(int(upstream.getsockname()[1]))
             if code == 0:
                 link.connected = True
             elif code not in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):

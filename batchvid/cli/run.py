@@ -444,7 +444,8 @@ def _print_summary(report: RunReport, ledger_path: LedgerTarget, manifest: str) 
     total = sum(report.counts.values())
     head = "interrupted" if report.interrupted else "stopped" if report.halted else "finished"
     took = span(report.elapsed_s)
-    click.echo(f"\n{report.batch}: {head} in {took}: {_count(total, 'job')}: {counts}")
+    jobs = f"{_count(total, 'job')}: {counts}" if report.counts else "jobs: the ledger did not say"
+    click.echo(f"\n{report.batch}: {head} in {took}: {jobs}")
     if report.halted:
         click.echo(f"stopped early: {report.halted}")
     downloaded = report.counts.get("downloaded", 0)

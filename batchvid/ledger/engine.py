@@ -32,6 +32,14 @@ class Dialect:
     (empty where a writer holds the whole database).  ``db_now``: the database
     server's clock, in unix seconds (leases are measured on it, so workers on
     machines whose clocks disagree still agree on when a lease ends).
+    ``skip_locked``: the same for a ``SELECT`` of rows any one of which may be
+    left for later (a row another writer holds is skipped, not waited for).
+    ``serialize``: a statement (one ``?``: a name) that makes the transactions
+    naming the same thing take turns, for checks across rows (empty where one
+    writer holds the whole database anyway).  ``end_gone``: a statement that
+    ends the database sessions of workers whose leases have ended, returning
+    how many (empty where there are no other workers' sessions).
+    ``columns``: a statement (one ``?``: a table) listing the table's columns.
     ``hint(index)``: tells the planner which index a query over ``jobs`` should
     use (SQLite's ``INDEXED BY``; nothing where the planner needs no help).
     ``take(columns, source, where, order)``: the statement that takes up to
@@ -43,6 +51,10 @@ class Dialect:
     int: str
     id: str
     lock: str
+    skip_locked: str
+    serialize: str
+    end_gone: str
+    columns: str
     db_now: str
     hint: Callable[[str], str]
     take: Callable[[str, str, str, str], str]
@@ -70,6 +82,9 @@ class Engine(Protocol):
     dialect: Dialect
     #: Where the ledger is, for messages (a path, or a URL without its password).
     where: str
+    #: A name for this ledger that stays the same however it is reached (its file's
+    #: resolved path; a PostgreSQL ledger's database name and id).
+    identity: str
     #: Many processes may work one batch at once (PostgreSQL); else one per batch.
     shared: bool
     read_only: bool
@@ -83,6 +98,12 @@ class Engine(Protocol):
         ``durable``: the commit must survive a power cut, not only a kill
         (a create's intent and the task id it returned).
         """
+
+    def become(self, worker: str, bound_s: float) -> None:
+        """This process is ``worker`` from now on (its sessions named so), holding no lock
+        idle, and waiting for none, longer than ``bound_s`` (a worker's lease sets it: one
+        cut off mid-transaction must not hold up the others past their leases).  Where
+        one process has the ledger, nothing to do."""
 
     def integrity(self) -> list[str]:
         """What the database itself finds wrong with its storage (empty: nothing)."""

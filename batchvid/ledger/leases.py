@@ -62,16 +62,16 @@ class Leases(Role):
 
         ``alone``: this worker cannot share the batch (it runs its own
         simulator, which no other worker can reach): refused while another
-        worker is there, and any other is refused while it is.  The batch row
-        is locked meanwhile, so two workers joining at once cannot both pass.
+        worker is there, and any other is refused while it is.  Joins of one
+        batch take turns, so two workers joining at once cannot both pass.
         """
         now_sql = self._engine.dialect.db_now
         worker = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
         with self._engine.write() as tx:
-            if (
-                tx.one(f"SELECT 1 FROM batches WHERE name = ?{self._engine.dialect.lock}", (batch,))
-                is None
-            ):
+            serialize = self._engine.dialect.serialize
+            if serialize:  # workers joining at once take turns
+                tx.one(serialize, (f"batchvid join {batch}",))
+            if tx.one("SELECT 1 FROM batches WHERE name = ?", (batch,)) is None:
                 raise LedgerError(f"no batch named {batch!r}: upsert_batch first")
             live = tx.rows(
                 f"SELECT id, alone FROM workers WHERE batch = ? AND lease_until > {now_sql}",
@@ -99,7 +99,21 @@ class Leases(Role):
                 ),
             )
         self._context.worker = worker
+        # A transaction of this worker's, cut off mid-way, must not keep others waiting on
+        # its locks for long: a quarter of the lease at most, and its sessions are named,
+        # for the others to end once its lease has ended (:meth:`end_gone`).
+        self._engine.become(worker, lease_s / 4)
         return worker
+
+    def end_gone(self) -> int:
+        """End the database sessions of workers whose leases have ended (and so the row
+        locks a worker cut off mid-statement would hold for ever); how many.  A worker
+        calls it when it starts, and with every heartbeat."""
+        sql = self._engine.dialect.end_gone
+        if not sql:
+            return 0
+        row = self._engine.rows(sql)
+        return int(row[0][0]) if row else 0
 
     def renew(self, worker: str) -> bool:
         """Extend ``worker``'s lease by its length from now; ``False`` if it had ended

@@ -224,7 +224,7 @@ class Plans(Mover):
         with self._engine.write() as tx:
             rows = tx.rows(
                 f"""SELECT id, claimed_by FROM jobs WHERE batch = ? AND state = 'submitting'
-                AND {unclaimed(dialect)} ORDER BY idx, id{dialect.lock}""",
+                AND {unclaimed(dialect)} ORDER BY idx, id{dialect.skip_locked}""",
                 (batch,),
             )
             sets = f"error_message = '{INTERRUPTED}', finished_utc = :now, claimed_by = NULL"

@@ -262,7 +262,9 @@ def m008_workers(db: Schema) -> None:
       other worker may share the batch with it;
     - ``jobs.claimed_by``: the worker that has taken the job (``NULL``: none);
     - ``rate_buckets``: the rate limiter every worker using one API key shares
-      (``key`` a hash of endpoint and key, never the key), its state as JSON.
+      (``key`` a hash of endpoint and key, never the key), its state as JSON;
+    - ``ledger_info``: facts about the ledger itself (``id``: a name for a
+      PostgreSQL ledger that does not change with the URL it is reached by).
     """
     db.execute("""
         CREATE TABLE workers (
@@ -285,6 +287,7 @@ def m008_workers(db: Schema) -> None:
             state_json TEXT NOT NULL,
             updated_at REAL NOT NULL
         )""")
+    db.execute("CREATE TABLE ledger_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
 _migration(m008_workers)

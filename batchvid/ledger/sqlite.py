@@ -52,6 +52,10 @@ DIALECT: Final = Dialect(
     int="INTEGER",
     id="INTEGER PRIMARY KEY",
     lock="",
+    skip_locked="",
+    serialize="",
+    end_gone="",
+    columns="SELECT name FROM pragma_table_info(?) ORDER BY cid",
     db_now="((julianday('now') - 2440587.5) * 86400.0)",
     hint=lambda index: f" INDEXED BY {index}",
     take=_take,
@@ -108,6 +112,7 @@ class SqliteEngine:
     ) -> None:
         self.path = Path(path)
         self.where = str(self.path)
+        self.identity = str(self.path.resolve())
         self.read_only = read_only
         self._lock = threading.RLock()
         if read_only:
@@ -165,6 +170,9 @@ class SqliteEngine:
                 if durable:
                     with suppress(sqlite3.Error):
                         conn.execute("PRAGMA synchronous = NORMAL")
+
+    def become(self, worker: str, bound_s: float) -> None:
+        """Nothing to do: one process writes an SQLite ledger (see ``Engine``)."""
 
     def integrity(self) -> list[str]:
         problems = [

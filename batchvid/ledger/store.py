@@ -106,6 +106,11 @@ class Ledger:
         return self.target.path
 
     @property
+    def identity(self) -> str:
+        """A name for this ledger that does not change with how it is reached."""
+        return self.engine.identity
+
+    @property
     def shared(self) -> bool:
         """Many processes may run one batch here at once (PostgreSQL)."""
         return self.engine.shared

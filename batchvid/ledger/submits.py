@@ -15,6 +15,7 @@ batch's limits over every worker (:class:`Admission`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -53,7 +54,7 @@ class SubmitMoves(Mover):
 
         Raises ``attempts`` and ``billable_attempts`` by one each.  With
         ``admit``, the creates must fit the batch's limits as every worker's
-        tasks and spend stand (checked with the batch row locked, so workers
+        tasks and spend stand (the batch's admissions take turns, so workers
         admit one at a time), else :class:`~batchvid.errors.LimitReached`.
         """
         ids = sorted(set(job_ids))  # one order for every writer: row locks never deadlock
@@ -94,13 +95,15 @@ class SubmitMoves(Mover):
             tx.executemany(
                 "INSERT INTO events (job_id, from_state, to_state, at_utc, detail_json)"
                 " VALUES (?, 'pending', 'submitting', ?, ?)",
-                [(i, now, as_json({"attempt": row[1] + 1})) for i, row in found.items() if row],
+                [(i, now, as_json(_intent(row[1] + 1, worker))) for i, row in found.items() if row],
             )
 
     def _admit(self, tx: Tx, admit: Admission, ids: list[int]) -> None:
         """Refuse creates that would pass the batch's shared limits (see ``begin_submit_many``)."""
         batch = admit.batch
-        tx.one(f"SELECT 1 FROM batches WHERE name = ?{self._engine.dialect.lock}", (batch,))
+        serialize = self._engine.dialect.serialize
+        if serialize:  # the batch's admissions take turns (and never block its row)
+            tx.one(serialize, (f"batchvid admission {batch}",))
         active = tx.one(
             f"""SELECT count(*) FROM jobs WHERE batch = ? AND state IN ({_ACTIVE})
             AND extra_of IS NULL""",
@@ -218,3 +221,43 @@ class SubmitMoves(Mover):
             {"reason": detail},
             {"reason": detail},
         )
+
+    def release_unsent_intent(self, job_id: int, worker: str, attempt: int, detail: str) -> bool:
+        """A create intent whose commit went unconfirmed (the ledger out of reach), and
+        whose request was therefore never sent: its job is pending again if it still
+        stands where that intent left it: ``submitting`` (or ``in_doubt`` since the
+        worker's lease ended), no task, and its last intent that one (``worker``'s,
+        attempt ``attempt``).  Whether it was (else the job has moved on: left alone)."""
+        with self._engine.write() as tx:
+            lock = self._engine.dialect.lock
+            row = tx.one(f"SELECT state, task_id FROM jobs WHERE id = ?{lock}", (job_id,))
+            if row is None or row[1] is not None:
+                return False
+            if row[0] not in (S.SUBMITTING.value, S.IN_DOUBT.value):
+                return False
+            last = tx.one(
+                """SELECT detail_json FROM events WHERE job_id = ? AND to_state = 'submitting'
+                ORDER BY id DESC LIMIT 1""",
+                (job_id,),
+            )
+            said = json.loads(last[0]) if last and last[0] else {}
+            if said.get("worker") != worker or said.get("attempt") != attempt:
+                return False
+            self._step(
+                tx,
+                job_id,
+                "release",
+                {S.SUBMITTING, S.IN_DOUBT},
+                S.PENDING,
+                """billable_attempts = billable_attempts - 1, submitted_utc = NULL,
+                   finished_utc = NULL, error_message = :reason""",
+                {"reason": detail},
+                {"reason": detail, "unsent": True},
+            )
+        return True
+
+
+def _intent(attempt: int, worker: str | None) -> dict[str, object]:
+    """A create intent's event detail: its attempt, and on a shared ledger the worker
+    that sends it (who sent which create, for a batch many workers ran)."""
+    return {"attempt": attempt, **({"worker": worker} if worker else {})}

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from contextlib import suppress
 
-from ..errors import LedgerError, LimitReached, LostClaim
+from ..errors import LedgerError, LedgerUnreachable, LimitReached, LostClaim
 from ..ledger.rows import JobRow
 from ..remote.protocol import Task
 from ..text import clip
 from .record import Recorder
-from .recovery import keep_unrecorded
+from .recovery import keep_unrecorded, keep_unsent
 from .workers import Intent, SubmitOutcome, Withdrawn
 
 __all__ = ["Creates"]
@@ -51,18 +51,29 @@ class Creates:
                 raise Withdrawn(str(exc), budget=exc.limit == "budget") from exc
             except LostClaim as exc:
                 raise Withdrawn(str(exc)) from exc
+            except LedgerUnreachable as exc:  # recorded or not, who knows: it is not sent
+                self._unsent(job, exc)
+                raise
             try:
                 self._check_lease("the create was not sent")
             except Withdrawn:
                 # Recorded, but the lease aged meanwhile: the job goes back to pending.
                 try:
                     await ledger.call(ledger.moves.release_unsent, job.id, "the lease ran short")
-                except LedgerError:  # left in flight, nothing sent: in doubt once the lease ends
-                    record.tally.quarantined.add(job.id)
+                except LedgerError as exc:  # left submitting, nothing sent: kept, to release
+                    self._unsent(job, exc)
                 raise
             record.budget.release(job.est_cost_usd)
 
         return Intent(commit)
+
+    def _unsent(self, job: JobRow, exc: LedgerError) -> None:
+        """An intent the ledger may hold, its create never sent: kept for the next run
+        (and the job sits out this one: a second intent must never pass for this one)."""
+        record = self._record
+        record.tally.quarantined.add(job.id)
+        if record.lease is not None:  # else (SQLite) a failed commit recorded nothing
+            record.tally.note(job, keep_unsent(record.ledger.ledger, job, record.lease.worker, exc))
 
     def _check_lease(self, then: str) -> None:
         lease = self._record.lease
@@ -123,10 +134,10 @@ class Creates:
             # Its answer came after this worker's lease had ended and the job had moved on
             # (resubmitted by the user's `retry --in-doubt`): the task is kept in the
             # recovery file and named, never dropped in silence.
-            record.tally.note(job, keep_unrecorded(ledger.target, job, task, exc))
+            record.tally.note(job, keep_unrecorded(ledger.ledger, job, task, exc))
         except LedgerError as exc:
             # The id of a paid task: to stderr and the recovery file; the run stops.
-            record.tally.halt = keep_unrecorded(ledger.target, job, task, exc)
+            record.tally.halt = keep_unrecorded(ledger.ledger, job, task, exc)
             raise
         else:
             record.pause.reset()

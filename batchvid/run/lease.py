@@ -17,8 +17,10 @@ the database thus stops creating on its own, before any other can take its
 jobs.  A renewal that finds the lease already ended stops the run
 (:attr:`Lease.lost`).
 
-Each renewal also finds the creates left in flight by workers whose leases
-ended, and makes them ``in_doubt`` (never resent blindly).
+Each renewal also ends the database sessions of workers whose leases ended
+(a worker cut off mid-statement would otherwise hold its row locks), and
+finds the creates they left in flight, and makes them ``in_doubt`` (never
+resent blindly).
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ async def keep_lease(
             return
         lease.renewed(sent)
         try:
+            await ledger.call(ledger.leases.end_gone)  # their sessions, and row locks, end
             found = await ledger.call(ledger.plans.recover_interrupted, batch)
         except LedgerError as exc:
             log.warning("could not look for creates left in flight: %s", exc)

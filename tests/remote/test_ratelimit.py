@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import math
 import random
 import time
@@ -11,14 +10,7 @@ import anyio
 import pytest
 
 from batchvid.remote.ratelimit import RateLimiter, RateState, refill, token_wait, window_ready_at
-
-
-def max_in_window(grants: list[float], window: float) -> int:
-    """The most grants in any half-open interval ``[t, t + window)``."""
-    ordered = sorted(grants)
-    return max(
-        (bisect.bisect_left(ordered, t + window) - i for i, t in enumerate(ordered)), default=0
-    )
+from batchvid.sim.state import max_in_window
 
 
 def drain(state: RateState, now: float) -> int:
