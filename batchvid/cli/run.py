@@ -409,6 +409,8 @@ async def _live_display(runner: Runner) -> None:
         parts: list[Any] = [Text(f"batch {snap.batch}"), table, Text(_rate_eta(snap))]
         for failure in snap.recent_failures[-4:]:
             parts.append(Text(f"  ! {failure}", style="red"))
+        if snap.stale:
+            parts.append(Text(f"  ! {snap.stale}: counts as last read", style="yellow"))
         return Group(*parts)
 
     with Live(
@@ -436,7 +438,8 @@ def _rate_eta(snap: Snapshot) -> str:
 
 def _progress_line(snap: Snapshot) -> str:
     counts = " ".join(f"{s}={snap.counts[s]}" for s in _ORDER if snap.counts.get(s))
-    return f"[{time.strftime('%H:%M:%S')}] {snap.batch}: {counts}; {_rate_eta(snap)}"
+    line = f"[{time.strftime('%H:%M:%S')}] {snap.batch}: {counts}; {_rate_eta(snap)}"
+    return f"{line} ({snap.stale}: counts as last read)" if snap.stale else line
 
 
 def _print_summary(report: RunReport, ledger_path: LedgerTarget, manifest: str) -> None:

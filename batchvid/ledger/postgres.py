@@ -60,12 +60,16 @@ SESSION: Final = (
     "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
     "-c tcp_user_timeout=30000 -c application_name=batchvid"
 )
+#: The oldest server batchvid runs on (``pg_terminate_backend`` with a wait: 14).
+MIN_SERVER: Final = 140000
 #: Ends the sessions of workers whose leases have ended (their transactions, and the
 #: row locks they hold): a worker cut off mid-way through a statement's messages keeps
 #: its locks with no timer running, until this, or until the network says it is gone.
-#: Only sessions of this database user (others' it may not end).
+#: Only sessions of this database user (others' it may not end).  Each end is waited
+#: for (up to a second: PostgreSQL 14 and later), so that the locks are free once it
+#: returns, not a moment later.
 END_GONE: Final = """
-    SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a
+    SELECT count(pg_terminate_backend(a.pid, 1000)) FROM pg_stat_activity a
     JOIN workers w ON w.id = a.application_name
     WHERE w.lease_until <= extract(epoch FROM clock_timestamp())::float8
     AND a.datname = current_database() AND a.usename = current_user
@@ -194,6 +198,11 @@ class PgEngine:
         conninfo = psycopg.conninfo.make_conninfo(target.url, **{**CONNECT, "options": SESSION})
         try:
             with psycopg.connect(conninfo, autocommit=True) as conn:
+                if conn.info.server_version < MIN_SERVER:
+                    raise LedgerError(
+                        f"ledger {self.where}: PostgreSQL {conn.info.server_version // 10000} "
+                        f"is too old; batchvid needs {MIN_SERVER // 10000} or later"
+                    )
                 self._migrate(conn, create=create and not read_only, read_only=read_only)
                 self.identity = _identity(conn, read_only=read_only)
         except psycopg.OperationalError as exc:

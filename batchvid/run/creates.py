@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from contextlib import suppress
 
+import anyio
+
 from ..errors import LedgerError, LedgerUnreachable, LimitReached, LostClaim
 from ..ledger.rows import JobRow
 from ..remote.protocol import Task
@@ -54,6 +56,9 @@ class Creates:
             except LedgerUnreachable as exc:  # recorded or not, who knows: it is not sent
                 self._unsent(job, exc)
                 raise
+            except anyio.get_cancelled_exc_class():  # the run ended, the commit under way
+                self._unsent(job, "the run stopped while the create intent was being recorded")
+                raise
             try:
                 self._check_lease("the create was not sent")
             except Withdrawn:
@@ -67,7 +72,7 @@ class Creates:
 
         return Intent(commit)
 
-    def _unsent(self, job: JobRow, exc: LedgerError) -> None:
+    def _unsent(self, job: JobRow, exc: LedgerError | str) -> None:
         """An intent the ledger may hold, its create never sent: kept for the next run
         (and the job sits out this one: a second intent must never pass for this one)."""
         record = self._record

@@ -61,6 +61,7 @@ from .lease import Lease, keep_lease
 from .options import RunOptions, RunReport, Snapshot
 from .policy import poll_share
 from .poll_policy import RenderBook
+from .progress import StateCounts
 from .record import Recorder
 from .recovery import import_tasks
 from .steps import Kind, Steps
@@ -128,6 +129,7 @@ class Runner:
         self._looked_around = self._started
         #: Times the dispatcher looked for work (a spinning dispatcher shows here).
         self._rounds = 0
+        self._counts = StateCounts(ledger, batch)
 
     # -- control ---------------------------------------------------------------
 
@@ -150,14 +152,16 @@ class Runner:
         return sum(len(ids) for ids in self._busy.values())
 
     async def snapshot(self) -> Snapshot:
-        counts = await self.ledger.call(self.ledger.reads.counts, self.batch)
+        """Progress now (see :class:`~.progress.StateCounts`: it never ends the run)."""
+        counts, stale = await self._counts.read()
         return Snapshot(
             self.batch,
-            {str(state): n for state, n in counts.items()},
+            counts,
             self.in_flight,
             self._tally.finished,
             self._clock() - self._started,
             tuple(self._tally.failures),
+            stale,
         )
 
     async def run(self) -> RunReport:

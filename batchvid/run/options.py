@@ -71,6 +71,8 @@ class Snapshot:
     finished_this_run: int
     elapsed_s: float
     recent_failures: tuple[str, ...]
+    #: Why ``counts`` are the last ones read, not current ("" when current).
+    stale: str = ""
 
     @property
     def total(self) -> int:

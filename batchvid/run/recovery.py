@@ -114,7 +114,7 @@ def keep_unrecorded(ledger: Ledger | Path, job: JobRow, task: Task, error: Ledge
     )
 
 
-def keep_unsent(ledger: Ledger | Path, job: JobRow, worker: str, error: LedgerError) -> str:
+def keep_unsent(ledger: Ledger | Path, job: JobRow, worker: str, error: LedgerError | str) -> str:
     """A create intent the ledger may have recorded, its request never sent: kept, so that
     the next run makes the job pending again instead of in doubt (see the module
     docstring).  Returns what happened, for the run's summary."""

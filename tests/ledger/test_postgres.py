@@ -249,18 +249,17 @@ def test_the_sessions_of_a_worker_whose_lease_ended_are_ended_with_their_locks(
     job = first.queue.take_pending("b", 1)[0]
     url = first.target.url
     assert url is not None
-    stuck = psycopg.connect(url, autocommit=False, application_name=gone)
-    stuck.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job.id,))  # held open
-    second.leases.join("b", 60)
-    assert second.leases.end_gone() == 0  # its lease has not ended: its sessions stay
-    wait_until_lapsed(second, gone)
-    assert job.id not in {j.id for j in second.queue.take_pending("b", 30)}  # locked: skipped
-    assert second.leases.end_gone() >= 1  # the stuck one, and the first ledger's own
-    assert job.id in {j.id for j in second.queue.take_pending("b", 30)}  # free now
-    second.moves.begin_submit(job.id)
-    with pytest.raises(psycopg.OperationalError):
-        stuck.execute("SELECT 1")
-    stuck.close()
+    with psycopg.connect(url, autocommit=False, application_name=gone) as stuck:
+        stuck.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job.id,))  # held open
+        second.leases.join("b", 60)
+        assert second.leases.end_gone() == 0  # its lease has not ended: its sessions stay
+        wait_until_lapsed(second, gone)
+        assert job.id not in {j.id for j in second.queue.take_pending("b", 30)}  # locked: skipped
+        assert second.leases.end_gone() >= 1  # the stuck one, and the first ledger's own
+        assert job.id in {j.id for j in second.queue.take_pending("b", 30)}  # free now
+        second.moves.begin_submit(job.id)
+        with pytest.raises(psycopg.OperationalError):
+            stuck.execute("SELECT 1")
 
 
 def test_a_simulating_worker_runs_alone(two: tuple[Ledger, Ledger]) -> None:

@@ -13,10 +13,12 @@ import anyio
 import pytest
 from run_helpers import NO_RETRIES, OPTIONS, SCALE, ledger_jobs, matrix_manifest, run_once
 
-from batchvid.errors import AuthError
+from batchvid.cli.run import _progress_line
+from batchvid.errors import AuthError, LedgerUnreachable
 from batchvid.ledger import Ledger
 from batchvid.manifest.plan import load_plan
-from batchvid.run.batch import Endpoint, prepare
+from batchvid.run import Runner, Snapshot
+from batchvid.run.batch import Endpoint, prepare, run_batch
 from batchvid.sim.config import SimConfig
 from batchvid.sim.server import Simulator, serve_simulator
 from batchvid.states import JobState as S
@@ -276,6 +278,41 @@ async def test_the_dispatcher_sleeps_while_every_slot_is_busy(
     assert report.all_done
     jobs = len(plan.jobs)
     assert report.dispatch_rounds <= 12 * jobs, (report.dispatch_rounds, jobs)
+
+
+async def test_a_progress_snapshot_outlives_a_ledger_that_does_not_answer(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A display asks for progress while the ledger is out of reach: it gets the counts
+    last read, marked stale, and the run goes on (it once ended the run mid-create)."""
+    plan = load_plan(matrix_manifest(tmp_path, prompts=1))
+    endpoint = Endpoint(sim.base_url, sim.api_key)
+    snaps: list[Snapshot] = []
+
+    async def watch(runner: Runner) -> None:
+        snaps.append(await runner.snapshot())
+        real = runner.ledger.reads.counts
+
+        def unreachable(batch: str) -> dict[S, int]:
+            raise LedgerUnreachable("the ledger did not answer within 3 s")
+
+        runner.ledger.reads.counts = unreachable  # type: ignore[method-assign]
+        try:
+            snaps.append(await runner.snapshot())
+        finally:
+            runner.ledger.reads.counts = real  # type: ignore[method-assign]
+
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        prepared = prepare(ledger, plan, endpoint)
+        async with anyio.create_task_group() as tg:
+            report = await run_batch(
+                ledger, prepared, endpoint, OPTIONS, on_runner=lambda r: tg.start_soon(watch, r)
+            )
+    assert report.all_done
+    fresh, stale = snaps
+    assert not fresh.stale and fresh.total == len(plan.jobs)
+    assert stale.counts == fresh.counts and "not answering" in stale.stale
+    assert "counts as last read" in _progress_line(stale)
 
 
 async def test_polls_due_by_the_dozen_leave_submissions_their_share(tmp_path: Path) -> None:

@@ -3,16 +3,25 @@ real PostgreSQL ledger), hears that it ended, and puts creates left in flight in
 
 from __future__ import annotations
 
+import random
 import time
+from pathlib import Path
+from typing import Any
 
 import anyio
+import pytest
 from ledger_helpers import add_batch, specs
 from pg_server import PgServer
 from tcp_proxy import TcpProxy
 
 from batchvid.ledger import Ledger
 from batchvid.ledger.port import RunLedger
+from batchvid.run.creates import Creates
 from batchvid.run.lease import CREATE_SHARE, Lease, keep_lease
+from batchvid.run.policy import Budget, DownloadRetries, SubmitPause
+from batchvid.run.poll_policy import RenderBook
+from batchvid.run.record import Recorder
+from batchvid.run.recovery import import_tasks
 from batchvid.states import JobState
 
 
@@ -108,3 +117,53 @@ def end_lease(ledger: Ledger, worker: str) -> None:
     """As if ``worker``'s lease had run out."""
     with ledger.engine.write() as tx:
         tx.execute("UPDATE workers SET lease_until = 0 WHERE id = ?", (worker,))
+
+
+def test_a_create_intent_cut_short_by_the_end_of_the_run_goes_back_to_pending(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run ends (cancelled) while a create intent's commit is under way: the ledger
+    took it, its answer never came, nothing was sent.  The intent is kept, and the next
+    run makes the job pending again: not in doubt, as a create that may be billed."""
+    monkeypatch.chdir(tmp_path)  # where a shared ledger's recovery file goes (state/)
+
+    class Unanswered(RunLedger):
+        async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            result = await super().call(fn, *args, **kwargs)
+            if fn == self.moves.begin_submit:
+                await anyio.sleep_forever()  # taken, but the answer is lost
+            return result
+
+    with Ledger(pg_url) as ledger:
+        add_batch(ledger, "b")
+        ledger.plans.upsert_jobs("b", specs(1))
+        worker = ledger.leases.join("b", 60)
+        port = Unanswered(ledger)
+        record = Recorder(
+            port,
+            RenderBook(),
+            Budget(),
+            SubmitPause(),
+            DownloadRetries(),
+            time.monotonic,
+            random.Random(1),
+        )
+        record.lease = Lease(worker, 60, confirmed_at=time.monotonic())
+        job = ledger.queue.take_pending("b", 1)[0]
+        intent = Creates(record).intent(job)
+
+        async def main() -> None:
+            with anyio.move_on_after(0.5):
+                await intent()
+
+        anyio.run(main)
+        port.close()
+        assert not intent.sent and ledger.reads.get_job(job.id).state is JobState.SUBMITTING
+        assert job.id in record.tally.quarantined  # not tried again this run
+        assert "create was not sent" in " ".join(record.tally.failures)
+        end_lease(ledger, worker)
+    with Ledger(pg_url) as ledger:
+        port = RunLedger(ledger)
+        assert anyio.run(import_tasks, port, "b", lambda note: None) == 1
+        port.close()
+        assert ledger.reads.get_job(job.id).state is JobState.PENDING
