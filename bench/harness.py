@@ -231,7 +231,7 @@ def write_jobs_json(manifest: Path, path: Path) -> int:
 # -- batchvid as a user runs it -------------------------------------------------------
 
 
-def batchvid_env(sim: Simulator, ledger: Path) -> dict[str, str]:
+def batchvid_env(sim: Simulator, ledger: Path | str) -> dict[str, str]:
     return {
         **os.environ,
         "COMETAPI_BASE_URL": sim.base,
@@ -270,8 +270,9 @@ def batchvid_run_args(
     ]
 
 
-def batchvid_run(sim: Simulator, manifest: Path, ledger: Path, **options: Any) -> Timed:
-    """``batchvid run MANIFEST`` (from :data:`SOURCE`) against ``sim`` to the end (exit 0)."""
+def batchvid_run(sim: Simulator, manifest: Path, ledger: Path | str, **options: Any) -> Timed:
+    """``batchvid run MANIFEST`` (from :data:`SOURCE`) against ``sim`` to the end (exit 0);
+    ``ledger`` a file or a ``postgresql://`` URL."""
     args = batchvid_run_args(manifest, **options)
     return timed(args, env=batchvid_env(sim, ledger), cwd=SOURCE)
 

@@ -20,7 +20,11 @@
 6. media: CPU per 720p 5 s video for probe + poster (a still clip and one with
    motion, beside decoding every frame of the first second), a 1,000-job run with
    probing vs ``--no-probe``, and a 500-video gallery in headless Chromium: time
-   until every cell shows a picture, posters vs ``preload="metadata"``.
+   until every cell shows a picture, posters vs ``preload="metadata"``;
+7. beyond one machine (a PostgreSQL ledger, needs Debian's ``postgresql``): one
+   worker on SQLite vs PostgreSQL, CPU per job and wall; 1 vs 3 workers at one
+   shared rate limit, requests used / allowed; a worker killed mid-batch, the
+   time until its tasks are polled again, against its lease.
 
 Each contender is a child process (its CPU time is its own) and the simulator
 another; every comparison is a ratio within one run, summarised as the median
@@ -45,6 +49,7 @@ import bench_rate
 import bench_recovery
 import bench_run
 import bench_scale
+import bench_shared
 import bench_turnaround
 from harness import median, spread
 
@@ -59,6 +64,7 @@ class Sizes:
     recovery_jobs: int
     media_jobs: int
     gallery_videos: int
+    shared_jobs: int
 
 
 FULL = Sizes(
@@ -70,6 +76,7 @@ FULL = Sizes(
     recovery_jobs=10_000,
     media_jobs=1000,
     gallery_videos=500,
+    shared_jobs=2000,
 )
 QUICK = Sizes(
     overhead_jobs=300,
@@ -80,6 +87,7 @@ QUICK = Sizes(
     recovery_jobs=1_000,
     media_jobs=300,
     gallery_videos=500,
+    shared_jobs=400,
 )
 CONTEXT_SCALE = 0.01
 Progress = Callable[[str], None]
@@ -219,6 +227,39 @@ def media_rows(tmp: Path, sizes: Sizes, runs: int, progress: Progress) -> list[R
     return rows
 
 
+def shared_rows(tmp: Path, sizes: Sizes, progress: Progress) -> list[Row]:
+    """Figure 7: a PostgreSQL ledger, by one worker and by several."""
+    fig = bench_shared.shared(tmp, jobs=sizes.shared_jobs, progress=progress)
+    sq, pg = fig.sqlite, fig.postgres
+    per_job = [1000 * t.cpu / fig.jobs for t in (sq, pg)]
+    used = {n: fig.rate[n] for n in (1, 3)}
+    leases = fig.takeover_s / fig.lease_s
+    return [
+        Row(
+            f"7a one worker, {fig.jobs:,} jobs: CPU per job, PostgreSQL vs SQLite",
+            f"{per_job[1]:.2f} ms vs {per_job[0]:.2f} ms ({per_job[1] / per_job[0]:.2f}×)",
+            f"wall {pg.wall:.1f} s vs {sq.wall:.1f} s ({pg.wall / sq.wall:.2f}×)",
+            "— (report)",
+            None,
+        ),
+        Row(
+            f"7b requests used / allowed at a shared {bench_shared.RATE}/min, "
+            f"{fig.rate_jobs} jobs, scale {bench_shared.RATE_SCALE}, 3 workers",
+            f"{used[3][0]:.2f}, {used[3][1]} × 429",
+            f"1 worker {used[1][0]:.2f}, {used[1][1]} × 429",
+            "≥ 0.9, no 429",
+            min(used[1][0], used[3][0]) >= 0.9 and used[1][1] + used[3][1] == 0,
+        ),
+        Row(
+            "7c a worker killed: until every task it held is polled again",
+            f"{fig.takeover_s:.2f} s ({leases:.2f} leases), {fig.takeover_held} tasks",
+            f"lease {fig.lease_s:.2f} s (--lease 60 at scale {bench_shared.SCALE})",
+            "about one lease (≤ 1.5)",
+            leases <= 1.5,
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each")
@@ -230,10 +271,10 @@ def main() -> None:
         "--figures",
         type=int,
         nargs="+",
-        default=[1, 2, 3, 4, 5, 6],
-        choices=[1, 2, 3, 4, 5, 6],
+        default=[1, 2, 3, 4, 5, 6, 7],
+        choices=[1, 2, 3, 4, 5, 6, 7],
         metavar="N",
-        help="which figures (1-6)",
+        help="which figures (1-7)",
     )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -376,6 +417,8 @@ def main() -> None:
             ]
         if 6 in args.figures:
             rows += media_rows(tmp, sizes, long_runs, progress)
+        if 7 in args.figures:
+            rows += shared_rows(tmp, sizes, progress)
     elapsed = time.monotonic() - began
     progress(f"done in {elapsed:.0f} s")
     print(

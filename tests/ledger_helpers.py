@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+from click.testing import CliRunner
 from report_ledgers import T0
 
+from batchvid.cli import cli
 from batchvid.ledger import Ledger
 from batchvid.ledger.rows import NewJob
 from batchvid.states import JobState
 
 S = JobState
+
+
+def run_cli(cwd: Path, *args: str) -> tuple[int, str]:
+    """``batchvid ARGS`` run from ``cwd``: its exit code and everything it said."""
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
+    return result.exit_code, result.output + (result.stderr or "")
 
 
 def add_batch(ledger: Ledger, name: str) -> None:

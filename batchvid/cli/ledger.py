@@ -1,4 +1,4 @@
-"""``batchvid status`` and ``batchvid retry``: read and edit the ledger, send nothing.
+"""``batchvid status``, ``retry`` and ``ledger copy``: read and edit ledgers, send nothing.
 
 Kept apart from ``run`` so that these commands load only the ledger: no HTTP
 stack, no YAML, no async runtime (``status`` on a 100,000-job ledger is mostly
@@ -7,6 +7,7 @@ Python's own start-up).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -18,7 +19,7 @@ from ..ledger.target import LedgerTarget, ledger_target
 from ..states import JobState
 from .common import ORDER
 
-__all__ = ["ledger_option", "ledger_target_of", "retry", "status"]
+__all__ = ["ledger", "ledger_option", "ledger_target_of", "retry", "status"]
 
 _LEDGER_HELP = (
     "The ledger: an SQLite file, or a postgresql://USER:PASSWORD@HOST:PORT/DB URL that "
@@ -145,3 +146,59 @@ def retry(batch: str, failed: bool, in_doubt: bool, stalled: bool, ledger: str |
                 )
         if stalled:
             click.echo(f"{plans.retry(batch, JobState.STALLED)} stalled jobs will be polled again")
+
+
+@click.group()
+def ledger() -> None:
+    """Work on ledgers themselves: move batches from one to another."""
+
+
+@ledger.command("copy")
+@click.argument("source", metavar="SRC")
+@click.argument("dest", metavar="DST")
+@click.option(
+    "--batch",
+    "batches",
+    multiple=True,
+    metavar="NAME",
+    help="Copy this batch (repeatable) [default: every batch in SRC].",
+)
+def copy(source: str, dest: str, batches: tuple[str, ...]) -> None:
+    """Copy batches from ledger SRC to ledger DST, every job and event included.
+
+    SRC and DST are each an SQLite file or a postgresql:// URL, so a batch
+    begun on a laptop moves to the team's database, and back:
+
+    \b
+      batchvid ledger copy state/batchvid.db postgresql://bv@db/batchvid
+      batchvid run MANIFEST --ledger postgresql://bv@db/batchvid
+
+    The batch goes on there where it stood: videos downloaded stay done,
+    tasks created are polled, nothing is created again.  SRC is only read;
+    DST gets all of it in one transaction, or nothing.  From then on run the
+    batch at DST only: run at SRC as well, its pending jobs would be created
+    twice, once by each ledger.  Refused: a batch
+    that a process runs at SRC (a run's lock on SQLite, a worker's lease on
+    PostgreSQL), and one DST already has (a copy never merges batches).
+    """
+    from ..ledger.copy import copy_batches
+    from ..ledger.lock import batch_lock
+
+    with open_ledger(ledger_target_of(source), create=False) as src:
+        names = list(batches) or [b.name for b in src.reads.batches()]
+        missing = [name for name in names if src.reads.get_batch(name) is None]
+        if missing:
+            raise click.UsageError(f"no batch {missing[0]!r} in {src.where}")
+        with open_ledger(ledger_target_of(dest)) as dst, contextlib.ExitStack() as held:
+            for name in names:  # a run of it on SQLite holds this lock: refused at once
+                held.enter_context(batch_lock(src, name))
+            for done in copy_batches(src, dst, names):
+                click.echo(
+                    f"{done.batch}: {_count(done.jobs, 'job')} and "
+                    f"{_count(done.events, 'event')} copied to {dst.where}"
+                )
+            click.echo(f"go on there (and only there): batchvid run MANIFEST --ledger {dst.where}")
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"

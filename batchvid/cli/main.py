@@ -36,6 +36,7 @@ _LAZY_COMMANDS = {
     "run": "run",
     "status": "ledger",
     "retry": "ledger",
+    "ledger": "ledger",
     "report": "report",
     "simulator": "simulator",
 }

@@ -7,8 +7,9 @@ migrations (``schema``), the typed rows it takes and hands out (``rows``),
 and its roles, put together in ``store``'s :class:`Ledger`: plans
 (``plans``), a run's state changes (``transitions``, ``attempts``), the work
 queue (``queue``), workers and leases (``leases``), reads (``reads``), the
-shared rate buckets (``buckets``), copying batches between ledgers (``copy``)
-and the async face a run uses (``port``).  The only SQL in batchvid.
+shared rate buckets (``buckets``), copying batches between ledgers (``copy``),
+an SQLite batch's one-process lock (``lock``) and the async face a run uses
+(``port``).  The only SQL in batchvid.
 
 May import: the shared vocabulary (``batchvid.errors``, ``states``,
 ``request``, ``video``), sqlite-utils (for migrations) and psycopg (for

@@ -5,19 +5,18 @@
 opens the one shared HTTP client and rate limiter (and, for ``--simulate``,
 the built-in simulator in-process) and drives a :class:`~batchvid.run.dispatcher.Runner`.
 
-On SQLite, ``batch_lock`` keeps two processes from running the same batch at
-once.  On a shared ledger (PostgreSQL) any number may: each joins the batch as
-a worker with a lease (:mod:`batchvid.run.lease`), and the rate limit is one
-bucket in the ledger shared by every worker with the same endpoint and key
+On SQLite, ``batch_lock`` (:mod:`batchvid.ledger.lock`) keeps two processes
+from running the same batch at once.  On a shared ledger (PostgreSQL) any
+number may: each joins the batch as a worker with a lease
+(:mod:`batchvid.run.lease`), and the rate limit is one bucket in the ledger
+shared by every worker with the same endpoint and key
 (:class:`~batchvid.remote.shared_rate.SharedRateLimiter`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +25,8 @@ from typing import Any, Final
 import anyio
 
 from ..errors import BatchvidError, LedgerError
-from ..ledger.port import RunLedger
+from ..ledger.lock import batch_lock
+from ..ledger.port import CALL_TIMEOUT_S, RunLedger
 from ..ledger.rows import NewJob, StoredReference
 from ..ledger.store import DEFAULT_LEDGER, Ledger, open_ledger
 from ..ledger.target import LedgerTarget
@@ -123,6 +123,8 @@ def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint) -> Prepared:
     manifest no longer lists are left alone (those workers may run a newer one).
     """
     reads, plans = ledger.reads, ledger.plans
+    if ledger.shared:  # workers gone from the ledger leave no row locks behind
+        ledger.leases.end_gone()
     existing = reads.get_batch(plan.batch)
     known_endpoint = existing.endpoint if existing else None
     if existing is not None and known_endpoint and known_endpoint != endpoint.name:
@@ -188,42 +190,6 @@ def prepare_resume_only(ledger: Ledger, batch: str, endpoint: Endpoint) -> Prepa
 
 def vars_of(limits: Limits) -> dict[str, Any]:
     return {name: getattr(limits, name) for name in limits.__slots__}
-
-
-@contextlib.contextmanager
-def batch_lock(ledger: Ledger | Path, batch: str) -> Iterator[None]:
-    """Hold an exclusive lock on one batch of an SQLite ledger for as long as it runs.
-
-    Two runs of one batch would each think the other's in-flight creates were
-    interrupted; the second one is refused instead.  The lock dies with the
-    process (kill -9 included), so it never needs cleaning up.  A shared
-    ledger takes no lock: its workers share the batch by leases.
-    """
-    if isinstance(ledger, Ledger):
-        if ledger.target.path is None:
-            yield
-            return
-        ledger_path = ledger.target.path
-    else:
-        ledger_path = ledger
-    real = ledger_path.resolve()  # one lock however the ledger's path is spelled (symlinks)
-    lock_path = real.parent / f".{real.name}.{batch}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise LedgerError(
-                f"batch {batch!r} is already being run by another batchvid process "
-                f"(pid {holder}); wait for it or stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _client(base_url: str, api_key: str, limiter: Limiter, time_scale: float) -> CometClient:
@@ -292,14 +258,15 @@ async def run_batch(
     """
     if endpoint.simulate and options.time_scale == 1.0:
         options = replace(options, time_scale=SIMULATE_TIME_SCALE)
-    port = RunLedger(ledger)
+    length = lease_s * options.time_scale
+    # A ledger call that has not answered in half a lease is one the lease cannot wait for.
+    port = RunLedger(ledger, timeout=min(CALL_TIMEOUT_S, max(2.0, length / 2)))
     clock = SteadyClock()
     lease = None
     reports: list[RunReport] = []
     errors: list[BatchvidError] = []
     try:
         if port.shared:
-            length = lease_s * options.time_scale
             joined = clock()
             worker = await port.call(
                 port.leases.join, prepared.batch, length, alone=endpoint.simulate

@@ -7,7 +7,6 @@ parametrized over both backends); these are the parts SQLite has no counterpart 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,26 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
-from ledger_helpers import add_batch, specs
+from ledger_helpers import add_batch, run_cli, specs
 from pg_server import SECRET_PASSWORD, SECRET_ROLE, PgServer, free_port
 
-from batchvid.cli import cli
 from batchvid.errors import LedgerError, LimitReached, LostClaim
 from batchvid.ledger import Ledger
 from batchvid.ledger.submits import Admission
 from batchvid.states import JobState
-
-
-def run_cli(tmp_path: Path, *args: str) -> tuple[int, str]:
-    """``batchvid ARGS`` from ``tmp_path``: its exit code and everything it said."""
-    old = Path.cwd()
-    os.chdir(tmp_path)
-    try:
-        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    finally:
-        os.chdir(old)
-    return result.exit_code, result.output + (result.stderr or "")
 
 
 @pytest.fixture
