@@ -19,10 +19,12 @@
     │   ├── RetryableError     429, 5xx, connect errors: the request provably did no work
     │   │   └── RateLimited    429, with the server's Retry-After if it gave one
     │   └── InDoubtError       a create was sent but its answer was lost: a task may exist
-    └── DownloadError          a video could not be fetched or verified
-        ├── UrlExpired         the signed URL is refused or expired: re-query the task
-        ├── DiskFull           no space left for the video: nothing wrong with it
-        └── Undecodable        the bytes arrived whole but are not a playable video
+    ├── DownloadError          a video could not be fetched or verified
+    │   ├── UrlExpired         the signed URL is refused or expired: re-query the task
+    │   ├── DiskFull           no space left for the video: nothing wrong with it
+    │   └── Undecodable        the bytes arrived whole but are not a playable video
+    └── OutputError            the videos' store cannot be used (scheme, bucket, credentials)
+        └── StoreUnreachable   the store did not answer: videos wait, nothing is wrong with them
 
 The library raises only these (``raise ... from exc`` at every boundary); the
 CLI turns them into messages and exit codes in one place.  No exception ever
@@ -49,10 +51,12 @@ __all__ = [
     "LimitReached",
     "LostClaim",
     "ManifestError",
+    "OutputError",
     "RateLimited",
     "RejectedError",
     "RetryableError",
     "ServiceRefused",
+    "StoreUnreachable",
     "TaskNotFound",
     "Undecodable",
     "UrlExpired",
@@ -234,3 +238,12 @@ def ledger_error(path: object, exc: BaseException) -> LedgerError:
     if name.startswith("SQLITE_FULL") or "disk is full" in text:
         return LedgerFull(f"ledger {path}: its disk is full ({exc})")
     return LedgerError(f"ledger {path}: {exc}")
+
+
+class OutputError(BatchvidError):
+    """Where the videos go cannot be used: an unknown scheme, a bucket that does not
+    exist, credentials the store refuses, an object it will not take."""
+
+
+class StoreUnreachable(OutputError):
+    """The videos' store did not answer (network, 5xx): the videos wait in the spool."""

@@ -24,7 +24,10 @@
 7. beyond one machine (a PostgreSQL ledger, needs Debian's ``postgresql``): one
    worker on SQLite vs PostgreSQL, CPU per job and wall; 1 vs 3 workers at one
    shared rate limit, requests used / allowed; a worker killed mid-batch, the
-   time until its tasks are polled again, against its lease.
+   time until its tasks are polled again, against its lease;
+8. videos in an S3-compatible store (moto's server on 127.0.0.1) vs a folder:
+   time and CPU per video, and the most videos the spool held at once against
+   the downloads allowed in flight.
 
 Each contender is a child process (its CPU time is its own) and the simulator
 another; every comparison is a ratio within one run, summarised as the median
@@ -50,6 +53,7 @@ import bench_recovery
 import bench_run
 import bench_scale
 import bench_shared
+import bench_store
 import bench_turnaround
 from harness import median, spread
 
@@ -65,6 +69,7 @@ class Sizes:
     media_jobs: int
     gallery_videos: int
     shared_jobs: int
+    store_jobs: int
 
 
 FULL = Sizes(
@@ -77,6 +82,7 @@ FULL = Sizes(
     media_jobs=1000,
     gallery_videos=500,
     shared_jobs=2000,
+    store_jobs=600,
 )
 QUICK = Sizes(
     overhead_jobs=300,
@@ -88,6 +94,7 @@ QUICK = Sizes(
     media_jobs=300,
     gallery_videos=500,
     shared_jobs=400,
+    store_jobs=150,
 )
 CONTEXT_SCALE = 0.01
 Progress = Callable[[str], None]
@@ -260,6 +267,30 @@ def shared_rows(tmp: Path, sizes: Sizes, progress: Progress) -> list[Row]:
     ]
 
 
+def store_rows(tmp: Path, sizes: Sizes, progress: Progress) -> list[Row]:
+    """Figure 8: videos kept in an S3-compatible store, beside a folder."""
+    fig = bench_store.store_figure(tmp, jobs=sizes.store_jobs, progress=progress)
+    folder, store = fig.folder, fig.store
+    per = [1000 * k.wall / fig.jobs for k in (folder, store)]
+    cpu = [1000 * k.cpu / fig.jobs for k in (folder, store)]
+    return [
+        Row(
+            f"8 time per video, {fig.jobs:,} jobs, scale {bench_store.SCALE}: s3 store vs folder",
+            f"{per[1]:.1f} ms vs {per[0]:.1f} ms ({per[1] / per[0]:.2f}×)",
+            f"CPU {cpu[1]:.1f} ms vs {cpu[0]:.1f} ms a video",
+            "— (report)",
+            None,
+        ),
+        Row(
+            "8 most videos in the spool at once (s3 store)",
+            f"{store.spool_files} ({store.spool_bytes / 1024:.0f} KB)",
+            f"downloads in flight allowed: {fig.concurrency}",
+            f"≤ {fig.concurrency}",
+            store.spool_files <= fig.concurrency,
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each")
@@ -271,10 +302,10 @@ def main() -> None:
         "--figures",
         type=int,
         nargs="+",
-        default=[1, 2, 3, 4, 5, 6, 7],
-        choices=[1, 2, 3, 4, 5, 6, 7],
+        default=[1, 2, 3, 4, 5, 6, 7, 8],
+        choices=[1, 2, 3, 4, 5, 6, 7, 8],
         metavar="N",
-        help="which figures (1-7)",
+        help="which figures (1-8)",
     )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -419,6 +450,9 @@ def main() -> None:
             rows += media_rows(tmp, sizes, long_runs, progress)
         if 7 in args.figures:
             rows += shared_rows(tmp, sizes, progress)
+        if 8 in args.figures:
+            progress(f"figure 8: videos in a store vs a folder, {sizes.store_jobs} jobs")
+            rows += store_rows(tmp, sizes, progress)
     elapsed = time.monotonic() - began
     progress(f"done in {elapsed:.0f} s")
     print(

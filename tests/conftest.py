@@ -1,5 +1,6 @@
 """Shared fixtures: a clean environment, the anyio backend, the simulator on a real socket,
-a real PostgreSQL server (``pg_server``) and a fresh database on it for each test (``pg_url``)."""
+a real PostgreSQL server (``pg_server``) and a fresh database on it for each test (``pg_url``),
+a real S3-compatible server (``s3_server``) and a fresh bucket on it (``s3_bucket``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from pg_server import MissingPostgres, PgServer
+from s3_server import S3Server
 
 from batchvid.remote.client import CometClient
 from batchvid.sim.config import SimConfig
@@ -25,8 +27,22 @@ PG_MISSING_REASON = (
     "PostgreSQL server binaries not found (apt-get install postgresql; .ci/run installs it)"
 )
 
-#: Every environment variable batchvid reads.
-BATCHVID_ENV = ("COMETAPI_KEY", "COMETAPI_BASE_URL", "BATCHVID_LEDGER")
+#: Every environment variable batchvid reads (the AWS ones: obstore, for a store).
+BATCHVID_ENV = (
+    "COMETAPI_KEY",
+    "COMETAPI_BASE_URL",
+    "BATCHVID_LEDGER",
+    "BATCHVID_SPOOL",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ALLOW_HTTP",
+    "AWS_PROFILE",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -113,3 +129,23 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
     yield url
     with contextlib.suppress(Exception):
         pg_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server on 127.0.0.1 for the whole session (it comes with the dev
+    install; without it these tests skip, except under CI=true, where they fail)."""
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("obstore") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("moto or obstore is not installed; the dev group brings them")
+        pytest.skip("moto and obstore are not installed (pip install -e . --group dev)")
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket of this test's own, with the AWS environment pointing at it."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server.bucket()

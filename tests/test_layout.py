@@ -18,14 +18,15 @@ SHARED = {"errors", "catalogue", "states", "request", "text", "threads", "video"
 #: What each part of batchvid may import, besides the shared vocabulary and itself.
 ALLOWED: dict[str, set[str]] = {
     "shared": set(),
-    "manifest": set(),
+    "outputs": set(),
+    "manifest": {"outputs"},
     "ledger": set(),
     "remote": set(),
     "media": set(),
     "sim": {"media"},
     "report": {"ledger"},
-    "run": {"manifest", "ledger", "remote", "media", "sim"},
-    "cli": {"manifest", "ledger", "remote", "run", "report", "sim"},
+    "run": {"manifest", "ledger", "remote", "media", "sim", "outputs"},
+    "cli": {"manifest", "ledger", "remote", "run", "report", "sim", "outputs"},
 }
 
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 import click
 
-from ..errors import BatchvidError
+from ..errors import BatchvidError, OutputError
 from ..ledger.store import Ledger
 from ..ledger.target import LedgerTarget
+from ..outputs import S3Outputs, output_target
+from ..outputs.s3 import LINK_LIFETIME
 from ..report.data import FORMATS, ReportData, load_report
 from ..report.formats import render
 from .common import Exit
@@ -116,43 +120,89 @@ def report(batch: str | None, ledger: str | None, fmt: str, output: str | None) 
     json  an array with one object per job
     md    a summary table and failure list for an issue or a chat
     html  a self-contained gallery laid out on the manifest's matrix: each
-          cell plays the downloaded video (linked by relative path), showing
+          cell plays the downloaded video (linked by relative path; videos
+          in an s3:// store by presigned links that last 7 days), showing
           its poster until played
     sheet a contact sheet: every job's poster on the matrix, labelled with
           its job number and state, failures outlined in red, videos the
-          API rendered at another size than asked marked in amber
+          API rendered at another size than asked marked in amber (posters
+          in a store are read from it)
+
+    html and sheet go beside the videos by default (report.html, sheet.jpg);
+    for videos in a store, to BATCH-report.html and BATCH-sheet.jpg here.
 
     Exit 0 when the report is made; 2 when there is no ledger, no such batch,
     or the batch has no jobs.
     """
     data = _read(ledger_target_of(ledger), batch)
+    store = _store_of(data) if fmt in ("html", "sheet") else None  # the others: ledger only
     if fmt == "sheet":
-        _write_sheet(data, output)
+        _write_sheet(data, output, store)
         return
     if output is None and fmt == "html":
-        output = str(Path(data.batch.output_dir) / HTML_NAME)
+        output = str(_beside_videos(data, store, HTML_NAME))
+    links = None
+    if store is not None and fmt == "html":
+        links = store.presigned(_stored_uris(data))
     if output is None or output == "-":
-        click.echo(render(data, fmt), nl=False)
+        click.echo(render(data, fmt, links=links), nl=False)
         return
     path = Path(output)
     try:
-        write_atomically(path, render(data, fmt, html_path=path))
+        write_atomically(path, render(data, fmt, html_path=path, links=links))
     except OSError as exc:
         raise ReportUsageError(f"cannot write {path}: {exc}") from exc
     click.echo(f"wrote {path} ({data.total} jobs, {fmt})", err=True)
+    if links:
+        until = (datetime.now(UTC) + LINK_LIFETIME).strftime("%Y-%m-%d %H:%M UTC")
+        click.echo(
+            f"its {len(links)} links to {store.target.uri if store else ''} are presigned: "
+            f"they work until {until} (7 days); make the report again for fresh ones",
+            err=True,
+        )
 
 
-def _write_sheet(data: ReportData, output: str | None) -> None:
+def _store_of(data: ReportData) -> S3Outputs | None:
+    """The store the batch's videos went to, or ``None`` (a folder)."""
+    try:
+        target = output_target(data.batch.output_dir)
+        return S3Outputs(target) if target.is_store else None
+    except OutputError as exc:
+        raise ReportUsageError(str(exc)) from exc
+
+
+def _beside_videos(data: ReportData, store: S3Outputs | None, name: str) -> Path:
+    """Where a report file goes by default: in the videos' folder, or (videos in a
+    store) ``BATCH-NAME`` here."""
+    if store is None:
+        return Path(data.batch.output_dir) / name
+    return Path(f"{data.batch.name}-{name}")
+
+
+def _stored_uris(data: ReportData, *, videos: bool = True) -> list[str]:
+    """The ``s3://`` URIs of the batch's videos (if ``videos``) and posters."""
+    found = []
+    for job in data.jobs:
+        for path in (job.file_path if videos else None, job.poster_path):
+            if path and path.startswith("s3://"):
+                found.append(path)
+    return found
+
+
+def _write_sheet(data: ReportData, output: str | None, store: S3Outputs | None) -> None:
     """Draw the contact sheet and write it to ``output`` (``-``: standard output, as JPEG)."""
     from ..report.sheet import encode_sheet, render_sheet, sheet_format  # Pillow: only here
 
     to_stdout = output == "-"
     if to_stdout and sys.stdout.isatty():
         raise ReportUsageError("a contact sheet is an image: give -o sheet.jpg, or pipe it")
-    path = Path(output or "-") if output else Path(data.batch.output_dir) / SHEET_NAME
+    path = Path(output or "-") if output else _beside_videos(data, store, SHEET_NAME)
+    stored = None
+    if store is not None:  # the posters, read from the store
+        stored = anyio.run(store.read_all, _stored_uris(data, videos=False))
     try:
         fmt = "JPEG" if to_stdout else sheet_format(path)
-        image = encode_sheet(render_sheet(data), fmt)
+        image = encode_sheet(render_sheet(data, stored=stored), fmt)
     except (ValueError, OSError) as exc:  # a suffix we cannot write, an image too big
         raise ReportUsageError(f"cannot make the contact sheet: {exc}") from exc
     if to_stdout:

@@ -85,8 +85,15 @@ failed for either.
 \b
 Exit codes: 0 every job downloaded; 1 finished, but some jobs failed,
 were rejected, stalled, are in doubt or still to download, or a fault
-stopped the run; 2 invalid manifest, usage, or a damaged ledger;
+stopped the run; 2 invalid manifest, usage, a damaged ledger, or a store
+(--output-dir s3://...) that cannot be used: checked before anything is paid;
 3 the API refused the key; 130 interrupted (the ledger is consistent).
+
+\b
+Videos in an S3-compatible store (output_dir or --output-dir s3://BUCKET/PREFIX):
+each is fetched to a local spool, checked, and put with a conditional put that
+never replaces an object; posters go to PREFIX/posters/. A store that stops
+answering pauses downloads (stopping after 10 minutes).
 
 \b
 Many workers, one batch: with --ledger postgresql://... (or BATCHVID_LEDGER)
@@ -112,6 +119,14 @@ The API key comes from COMETAPI_KEY and is sent only to the API host.
     help=f"API base URL [env COMETAPI_BASE_URL; default {DEFAULT_BASE_URL}].",
 )
 @ledger_option
+@click.option(
+    "--output-dir",
+    metavar="DIR|s3://BUCKET/PREFIX",
+    help="Where the videos go: a folder, or an S3-compatible store (AWS, MinIO, R2, B2; "
+    "credentials and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, "
+    "AWS_ENDPOINT_URL, AWS_ALLOW_HTTP=true for http://) [manifest output_dir; default "
+    "videos/BATCH beside the ledger].",
+)
 @click.option(
     "--rate-per-minute",
     type=click.FloatRange(min=0),
@@ -182,6 +197,7 @@ def run(
     simulate: bool,
     base_url: str | None,
     ledger: str | None,
+    output_dir: str | None,
     rate_per_minute: float | None,
     concurrency: int | None,
     max_active: int | None,
@@ -215,7 +231,7 @@ def run(
     print_issues(plan.warnings)
     options = flags.options(plan.manifest.limits, plan.manifest.budget_usd, plan.manifest.retry)
     with open_ledger(ledger_path, check=True) as store, batch_lock(store, plan.batch):
-        prepared = prepare(store, plan, endpoint)
+        prepared = prepare(store, plan, endpoint, output=output_dir)
         _announce(plan.batch, len(plan.jobs), prepared, endpoint, store)
         report = anyio.run(_run_with_display, store, prepared, endpoint, options, lease_s)
     _print_summary(report, ledger_path, manifest)
@@ -291,6 +307,11 @@ def _announce(batch: str, jobs: int, prepared: Prepared, endpoint: Endpoint, sto
         f"({prepared.new_jobs} new{dropped}) against {where}; ledger {store.where}",
         err=True,
     )
+    if prepared.store is not None:
+        click.echo(
+            f"videos to {prepared.store.uri} (checked and spooled in {prepared.output_dir})",
+            err=True,
+        )
 
 
 def _finish_paid_work(

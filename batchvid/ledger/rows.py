@@ -199,6 +199,8 @@ class JobRow(NamedTuple):
     bad_downloads: int
     #: On a shared ledger, the worker that has taken the job (see ``leases``); else None.
     claimed_by: str | None
+    #: The ETag of the object the video is in, when it went to a store (``s3://``).
+    object_etag: str | None
 
     @property
     def facts(self) -> VideoFacts | None:

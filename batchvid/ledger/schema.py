@@ -291,3 +291,12 @@ def m008_workers(db: Schema) -> None:
 
 
 _migration(m008_workers)
+
+
+def m009_object_etag(db: Schema) -> None:
+    """``jobs.object_etag``: the ETag of the object a video went to in a store (its
+    ``file_path`` then an ``s3://`` URI); ``NULL`` for a video in a folder."""
+    db.execute("ALTER TABLE jobs ADD COLUMN object_etag TEXT")
+
+
+_migration(m009_object_etag)

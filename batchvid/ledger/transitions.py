@@ -128,12 +128,15 @@ class TaskMoves(Mover):
         facts: VideoFacts | None = None,
         normalised: str | None = None,
         poster: str | Path | None = None,
+        etag: str | None = None,
     ) -> None:
         """completed -> downloaded: the file is in place under its final name.
 
         ``refreshes``: how often the task was queried for a fresh URL on the way;
         ``facts``: what probing the file found, ``normalised`` how that differs
-        from the request (:func:`batchvid.video.mismatch`), ``poster``: its poster.
+        from the request (:func:`batchvid.video.mismatch`), ``poster``: its poster;
+        ``etag``: for a video kept in a store (``file_path`` an ``s3://`` URI), its
+        object's ETag.
         """
         values = {
             "file_path": str(file_path),
@@ -142,6 +145,7 @@ class TaskMoves(Mover):
             "refreshes": refreshes,
             "poster": None if poster is None else str(poster),
             "normalised": normalised,
+            "etag": etag,
             **_facts_columns(facts),
         }
         self._move(
@@ -153,7 +157,8 @@ class TaskMoves(Mover):
                error_message = NULL, downloaded_utc = :now, finished_utc = :now,
                polls = polls + :refreshes, width = :width, height = :height,
                duration_s = :duration_s, fps = :fps, vcodec = :vcodec,
-               has_audio = :has_audio, normalised = :normalised, poster_path = :poster""",
+               has_audio = :has_audio, normalised = :normalised, poster_path = :poster,
+               object_etag = :etag""",
             values,
             {"file_path": str(file_path), "bytes": bytes, "sha256": sha256},
         )

@@ -8,7 +8,8 @@ its totals and cost estimate (``plan``), and the starter batch ``batchvid
 init`` writes (``starter``).  Nothing here touches the network or the ledger.
 
 May import: the shared vocabulary (``batchvid.errors``, ``catalogue``,
-``request``, ``text``) and PyYAML.  Nothing else in batchvid.
+``request``, ``text``), ``outputs.target`` (what an ``output_dir`` may be) and
+PyYAML.  Nothing else in batchvid.
 """
 
 from __future__ import annotations

@@ -204,7 +204,8 @@ class Manifest:
     sha256: str
     version: int = 1
     batch: str = ""
-    output_dir: Path | None = None
+    #: A folder, or a store's ``s3://BUCKET/PREFIX`` (see :mod:`batchvid.outputs`).
+    output_dir: Path | str | None = None
     defaults: dict[str, Setting] = field(default_factory=dict)
     matrix: tuple[Axis, ...] = ()
     prompts: list[PromptEntry] = field(default_factory=list)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import catalogue
-from ..errors import Issue
+from ..errors import Issue, OutputError
+from ..outputs.target import output_target
 from . import prompt_files
 from . import source as nodes
 from .model import (
@@ -83,7 +84,7 @@ class _Parser(FieldReader):
         if "output_dir" in present:
             out = self.text(present["output_dir"], "output_dir", "output_dir")
             if out is not None:
-                m.output_dir = self.base / Path(out).expanduser()
+                m.output_dir = self.output(present["output_dir"], out)
         if "defaults" in present:
             m.defaults = self.settings(present["defaults"], "defaults")
         if "matrix" in present:
@@ -101,6 +102,16 @@ class _Parser(FieldReader):
         if "prompts" in present:
             m.prompts = self.prompts(present["prompts"])
         return m
+
+    def output(self, node: Node, text: str) -> Path | str | None:
+        """``output_dir``: a folder (relative to the manifest), or a store's ``s3://`` URI
+        (kept as written); any other URL is an error here, not a folder named after it."""
+        try:
+            target = output_target(text, self.base)
+        except OutputError as exc:
+            self.error(node, "output_dir", str(exc))
+            return None
+        return target.uri if target.is_store else target.path
 
     def limits(self, node: Node) -> Limits:
         values: dict[str, Any] = {}

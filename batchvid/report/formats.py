@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -59,11 +59,18 @@ FAILURE_GROUPS_SHOWN: Final = 20
 _MD_SPECIAL: Final = re.compile(r"([\\`*_\[\]<>|~$&])")
 
 
-def render(data: ReportData, fmt: str, *, html_path: str | Path | None = None) -> str:
+def render(
+    data: ReportData,
+    fmt: str,
+    *,
+    html_path: str | Path | None = None,
+    links: Mapping[str, str] | None = None,
+) -> str:
     """The report of ``data`` in format ``fmt`` (one of :data:`batchvid.report.FORMATS`).
 
     ``html_path`` is where an HTML report will be written: its videos are linked
-    relative to it (default: ``report.html`` in the current directory).
+    relative to it (default: ``report.html`` in the current directory), or for
+    videos in a store by ``links`` (their presigned URLs).
     """
     if fmt == "text":
         return render_text(data)
@@ -74,7 +81,7 @@ def render(data: ReportData, fmt: str, *, html_path: str | Path | None = None) -
     if fmt == "md":
         return render_markdown(data)
     if fmt == "html":
-        return render_html(data, html_path if html_path is not None else "report.html")
+        return render_html(data, html_path if html_path is not None else "report.html", links=links)
     raise ValueError(f"unknown report format {fmt!r} (one of {', '.join(FORMATS)})")
 
 

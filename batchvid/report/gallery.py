@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from ..catalogue import API_FIELDS
 from ..ledger.rows import JobRow
@@ -149,17 +149,40 @@ def _aspect(size: str) -> str:
     return f"{found.group(1)}/{found.group(2)}" if found else "16/9"
 
 
-def _video_src(file_path: str, html_dir: str, base: Path) -> tuple[str, bool]:
-    """The ``src`` for a downloaded file, relative to the report, and whether it exists."""
-    target = Path(file_path)
-    if not target.is_absolute():
-        target = base / target
-    absolute = os.path.abspath(target)
-    try:
-        rel = os.path.relpath(absolute, html_dir)
-    except ValueError:  # another drive (Windows): no relative path exists
-        return Path(absolute).as_uri(), os.path.isfile(absolute)
-    return quote(rel.replace(os.sep, "/"), safe="/"), os.path.isfile(absolute)
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """How the page reaches a video or poster: relative to the page (``html_dir``; a
+    relative ledger path from ``base``), or for one in a store its presigned link."""
+
+    html_dir: str
+    base: Path
+    links: Mapping[str, str]
+
+    def src(self, file_path: str) -> tuple[str, bool]:
+        """The ``src`` for a downloaded file or object, and whether it is there."""
+        if file_path in self.links:
+            return self.links[file_path], True
+        if _URL.match(file_path):  # a store's object no link was made for
+            return "", False
+        target = Path(file_path)
+        if not target.is_absolute():
+            target = self.base / target
+        absolute = os.path.abspath(target)
+        try:
+            rel = os.path.relpath(absolute, self.html_dir)
+        except ValueError:  # another drive (Windows): no relative path exists
+            return Path(absolute).as_uri(), os.path.isfile(absolute)
+        return quote(rel.replace(os.sep, "/"), safe="/"), os.path.isfile(absolute)
+
+    def origins(self) -> str:
+        """The origins of the links, for the page's Content-Security-Policy."""
+        found = sorted({_origin(url) for url in self.links.values()})
+        return "".join(f" {origin}" for origin in found if origin)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") else ""
 
 
 _CSS: Final = """
@@ -204,9 +227,10 @@ code { font-size: 12px; }
 """
 
 _CSP: Final = (
-    "default-src 'none'; style-src 'unsafe-inline'; media-src 'self' file: blob:; "
-    "img-src 'self' file: data:; form-action 'none'; base-uri 'none'"
+    "default-src 'none'; style-src 'unsafe-inline'; media-src 'self' file: blob:{origins}; "
+    "img-src 'self' file: data:{origins}; form-action 'none'; base-uri 'none'"
 )
+_URL: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _filter_css(states: Sequence[JobState]) -> str:
@@ -309,7 +333,7 @@ def _header_rows(layout: Layout, corner: int) -> list[str]:
     return rows
 
 
-def _figure(job: JobRow, took: float | None, html_dir: str, base: Path, preload: str) -> str:
+def _figure(job: JobRow, took: float | None, where: _Where, preload: str) -> str:
     state = job.state.value
     bits = [f"#{job.idx}", f"take {job.take}"]
     if job.extra_of is not None:
@@ -324,11 +348,11 @@ def _figure(job: JobRow, took: float | None, html_dir: str, base: Path, preload:
     aspect = _aspect(job.size)
     media: str
     if job.state is S.DOWNLOADED and job.file_path:
-        src, exists = _video_src(job.file_path, html_dir, base)
+        src, exists = where.src(job.file_path)
         if exists:
             poster, load = "", preload
             if job.poster_path:
-                image, found = _video_src(job.poster_path, html_dir, base)
+                image, found = where.src(job.poster_path)
                 if found:  # a picture at once; the video loads when played
                     poster, load = f' poster="{_e(image)}"', "none"
             media = (
@@ -356,7 +380,7 @@ def _figure(job: JobRow, took: float | None, html_dir: str, base: Path, preload:
     )
 
 
-def _grid(data: ReportData, html_dir: str, base: Path) -> list[str]:
+def _grid(data: ReportData, where: _Where) -> list[str]:
     layout = gallery_layout(data.jobs)
     extras = data.extras_of()
     videos = sum(1 for j in (*data.jobs, *data.extras) if j.state is S.DOWNLOADED)
@@ -381,7 +405,7 @@ def _grid(data: ReportData, html_dir: str, base: Path) -> list[str]:
         cells += [
             '<td><div class="cell">'
             + "".join(
-                _figure(j, data.render_time(j), html_dir, base, preload)
+                _figure(j, data.render_time(j), where, preload)
                 for job in jobs
                 for j in (job, *extras.get(job.id, ()))
             )
@@ -397,14 +421,22 @@ def _prompt(row: GalleryRow) -> str:
     return f"{row.prompt_id}\x00{row.template}"
 
 
-def render_html(data: ReportData, html_path: str | Path, *, base: str | Path | None = None) -> str:
+def render_html(
+    data: ReportData,
+    html_path: str | Path,
+    *,
+    base: str | Path | None = None,
+    links: Mapping[str, str] | None = None,
+) -> str:
     """The gallery page, for writing at ``html_path`` (videos are linked relative to it).
 
     Relative ``file_path`` values in the ledger are taken from ``base`` (default:
-    the current directory, where ``batchvid run`` wrote them from).
+    the current directory, where ``batchvid run`` wrote them from).  Videos and
+    posters kept in a store (``s3://`` URIs) are linked by ``links``: each URI's
+    presigned URL (a URI without one shows as missing).
     """
-    html_dir = os.path.abspath(Path(html_path).parent)
     root = Path(base) if base is not None else Path.cwd()
+    where = _Where(os.path.abspath(Path(html_path).parent), root, links or {})
     present = [s for s in JobState if data.counts[s]]
     b = data.batch
     facts = [f"manifest {b.manifest_path}", f"videos {b.output_dir}"]
@@ -414,7 +446,8 @@ def render_html(data: ReportData, html_path: str | Path, *, base: str | Path | N
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        f'<meta http-equiv="Content-Security-Policy" '
+        f'content="{_e(_CSP.format(origins=where.origins()))}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<meta name="referrer" content="no-referrer">',
         f"<title>batchvid report: {_e(b.name)}</title>",
@@ -438,7 +471,7 @@ def render_html(data: ReportData, html_path: str | Path, *, base: str | Path | N
         ),
         "</nav>",
         "<main>",
-        *(_grid(data, html_dir, root) if data.jobs else ["<p>This batch has no jobs.</p>"]),
+        *(_grid(data, where) if data.jobs else ["<p>This batch has no jobs.</p>"]),
         *_failures(data),
         "</main></body></html>",
     ]

@@ -12,7 +12,7 @@ API rendered at another size than asked carries an amber band saying so.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -107,27 +107,41 @@ def _wrap(text: str, width: int, lines: int, size: int = 12) -> list[str]:
     return [_fit(line, width, size) for line in out]
 
 
-def _poster(job: JobRow, base: Path, box: tuple[int, int]) -> Image.Image | None:
+@dataclass(frozen=True, slots=True)
+class _Posters:
+    """Where posters are: files (a relative ledger path from ``base``), or for videos in
+    a store the posters' bytes, read from it beforehand (by URI)."""
+
+    base: Path
+    stored: Mapping[str, bytes]
+
+    def open(self, poster: str) -> Image.Image:
+        if poster in self.stored:
+            return Image.open(io.BytesIO(self.stored[poster]))
+        path = Path(poster)
+        return Image.open(path if path.is_absolute() else self.base / path)
+
+
+def _poster(job: JobRow, posters: _Posters, box: tuple[int, int]) -> Image.Image | None:
     """The job's poster scaled to fit ``box``, or ``None`` when it has none that opens."""
     if not job.poster_path:
         return None
-    path = Path(job.poster_path)
-    if not path.is_absolute():
-        path = base / path
     try:
-        with Image.open(path) as image:
+        with posters.open(job.poster_path) as image:
             image.thumbnail(box)
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
         return None
 
 
-def _tile(sheet: Image.Image, job: JobRow, at: tuple[int, int], tile_h: int, base: Path) -> None:
+def _tile(
+    sheet: Image.Image, job: JobRow, at: tuple[int, int], tile_h: int, posters: _Posters
+) -> None:
     """Draw ``job``'s picture (or grey stand-in) and its label with its top-left at ``at``."""
     draw = ImageDraw.Draw(sheet)
     x, y = at
     box = (x, y, x + TILE_WIDTH - 1, y + tile_h - 1)
-    picture = _poster(job, base, (TILE_WIDTH, tile_h))
+    picture = _poster(job, posters, (TILE_WIDTH, tile_h))
     draw.rectangle(box, fill=_TILE_BG if picture is None else _FRAME)
     if picture is not None:
         sheet.paste(
@@ -241,13 +255,19 @@ def sheet_layout(data: ReportData) -> SheetLayout:
     return SheetLayout(width, height, tile_h, tiles, headings, rows, footer)
 
 
-def render_sheet(data: ReportData, *, base: str | Path | None = None) -> Image.Image:
+def render_sheet(
+    data: ReportData,
+    *,
+    base: str | Path | None = None,
+    stored: Mapping[str, bytes] | None = None,
+) -> Image.Image:
     """The contact sheet of ``data``: posters on the matrix, labelled, failures marked.
 
     Relative poster paths in the ledger are taken from ``base`` (default: the
-    current directory, where ``batchvid run`` wrote them from).
+    current directory, where ``batchvid run`` wrote them from); posters kept in a
+    store come from ``stored`` (each ``s3://`` URI's bytes).
     """
-    root = Path(base) if base is not None else Path.cwd()
+    posters = _Posters(Path(base) if base is not None else Path.cwd(), stored or {})
     plan = sheet_layout(data)
     sheet = Image.new("RGB", (plan.width, plan.height), _BG)
     draw = ImageDraw.Draw(sheet)
@@ -265,7 +285,7 @@ def render_sheet(data: ReportData, *, base: str | Path | None = None) -> Image.I
             at = (x, y + 15 * len(lines))
             draw.text(at, _fit(setting, _HEADER_W - _PAD), fill=_MUTED, font=_font(12))
     for job, at in plan.tiles:
-        _tile(sheet, job, at, plan.tile_h, root)
+        _tile(sheet, job, at, plan.tile_h, posters)
     if plan.footer:
         at = (_PAD, plan.height - _LABEL_H - 2)
         draw.text(at, _fit(plan.footer, plan.width - 2 * _PAD), fill=_MUTED, font=_font(12))

@@ -5,12 +5,13 @@ and how they are learned (``render_times``),
 when to poll and when to give up (``poll_policy``), the other pure policies of
 a run (``policy``), file names (``files``), the workers and the dispatcher
 that drive jobs through the ledger (``workers``, ``record``, ``dispatcher``),
-the task ids a ledger could not take (``recovery``), and putting plan,
-ledger, client and limiter together (``batch``).
+the task ids a ledger could not take (``recovery``), videos kept in a store
+(``keep``), progress for a display (``progress``), and putting plan, ledger,
+client and limiter together (``batch``).
 
 May import: the shared vocabulary, ``batchvid.manifest`` (plans, limits),
 ``batchvid.ledger``, ``batchvid.remote``, ``batchvid.media`` (probing each
-download, its poster), and ``batchvid.sim`` (only for
+download, its poster), ``batchvid.outputs`` (a store), and ``batchvid.sim`` (only for
 ``--simulate``, imported when used).  Never the CLI: nothing here prints or exits.
 """
 

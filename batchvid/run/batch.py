@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..ledger.store import DEFAULT_LEDGER, Ledger, open_ledger
 from ..ledger.target import LedgerTarget
 from ..manifest.model import Limits
 from ..manifest.plan import Plan, load_plan
+from ..outputs import OutputTarget, S3Outputs, output_target
 from ..remote.client import CometClient
 from ..remote.ratelimit import RateLimiter
 from ..remote.shared_rate import SharedRateLimiter
@@ -83,11 +85,14 @@ class Endpoint:
 @dataclass(frozen=True, slots=True)
 class Prepared:
     batch: str
+    #: The folder the videos are written to: the output folder, or for a store the spool.
     output_dir: Path
     new_jobs: int
     known_jobs: int
     #: Never-sent jobs that left the manifest since the last run (dropped).
     dropped_jobs: int = 0
+    #: The store the videos go to (``s3://``), or ``None``: the folder is where they stay.
+    store: OutputTarget | None = None
 
 
 def options_for(limits: Limits, overrides: dict[str, Any]) -> RunOptions:
@@ -105,22 +110,52 @@ def options_for(limits: Limits, overrides: dict[str, Any]) -> RunOptions:
     return replace(options, **merged)
 
 
-def output_dir_for(plan: Plan, ledger: LedgerTarget) -> Path:
-    """The manifest's ``output_dir``, else ``videos/<batch>`` beside the ledger's file
-    (for a PostgreSQL ledger, ``state/videos/<batch>`` here)."""
-    if plan.manifest.output_dir is not None:
-        return plan.manifest.output_dir.resolve()
-    home = ledger.path.resolve().parent if ledger.path is not None else DEFAULT_LEDGER.parent
-    return (home / "videos" / plan.batch).resolve()
+def output_dir_for(plan: Plan, ledger: LedgerTarget, output: str | None = None) -> OutputTarget:
+    """``output`` (``--output-dir``), else the manifest's ``output_dir``, else
+    ``videos/<batch>`` beside the ledger's file (for a PostgreSQL ledger,
+    ``state/videos/<batch>`` here).  A folder comes back resolved."""
+    chosen = output if output is not None else plan.manifest.output_dir
+    if chosen is None:
+        home = ledger.path.resolve().parent if ledger.path is not None else DEFAULT_LEDGER.parent
+        chosen = home / "videos" / plan.batch
+    target = output_target(chosen)
+    return target if target.path is None else OutputTarget(path=target.path.resolve())
 
 
-def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint) -> Prepared:
+def spool_for(ledger: LedgerTarget, batch: str) -> Path:
+    """Where the videos of a batch kept in a store are fetched and checked first:
+    ``BATCHVID_SPOOL``, else ``spool/`` beside an SQLite ledger's file (for a
+    PostgreSQL ledger, ``state/spool`` here), one folder per batch."""
+    root = os.environ.get("BATCHVID_SPOOL")
+    if root:
+        home = Path(root).expanduser()
+    elif ledger.path is not None:
+        home = ledger.path.resolve().parent / "spool"
+    else:
+        home = DEFAULT_LEDGER.parent / "spool"
+    return (home / batch).resolve()
+
+
+def _prepared(
+    batch: str, target: OutputTarget, ledger: LedgerTarget, new: int, known: int, dropped: int = 0
+) -> Prepared:
+    """Where a batch's videos go: a folder, or a store through the spool."""
+    if target.path is not None:
+        return Prepared(batch, target.path, new, known, dropped)
+    return Prepared(batch, spool_for(ledger, batch), new, known, dropped, store=target)
+
+
+def prepare(
+    ledger: Ledger, plan: Plan, endpoint: Endpoint, *, output: str | None = None
+) -> Prepared:
     """Record the plan's batch and jobs in the ledger; refuse to mix endpoints.
 
     A batch whose tasks were created on one endpoint cannot be polled on another
     (a simulator's task ids mean nothing to the real API, and vice versa).  On a
     shared ledger where other workers run the batch, never-sent jobs the
     manifest no longer lists are left alone (those workers may run a newer one).
+    ``output``: where the videos go (``--output-dir``: a folder or ``s3://``),
+    over the manifest's ``output_dir``.
     """
     reads, plans = ledger.reads, ledger.plans
     if ledger.shared:  # workers gone from the ledger leave no row locks behind
@@ -135,14 +170,14 @@ def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint) -> Prepared:
                 f"{endpoint.name}; its task ids mean nothing there. Use another --ledger "
                 "or another batch name."
             )
-    output_dir = output_dir_for(plan, ledger.target)
+    target = output_dir_for(plan, ledger.target, output)
     manifest = plan.manifest
     limits = {k: v for k, v in vars_of(manifest.limits).items() if v is not None}
     plans.upsert_batch(
         plan.batch,
         manifest_path=manifest.path.resolve(),
         manifest_sha256=manifest.sha256,
-        output_dir=output_dir,
+        output_dir=target.uri,
         limits=limits,
         pricing=manifest.pricing,
         budget_usd=manifest.budget_usd,
@@ -152,7 +187,7 @@ def prepare(ledger: Ledger, plan: Plan, endpoint: Endpoint) -> Prepared:
     dropped = 0
     if not (ledger.shared and ledger.leases.live(plan.batch)):
         dropped = plans.drop_unsent(plan.batch, (job.key for job in plan.jobs))
-    return Prepared(plan.batch, output_dir, new, len(plan.jobs) - new, dropped)
+    return _prepared(plan.batch, target, ledger.target, new, len(plan.jobs) - new, dropped)
 
 
 def ledger_jobs(plan: Plan) -> Iterator[NewJob]:
@@ -185,7 +220,8 @@ def prepare_resume_only(ledger: Ledger, batch: str, endpoint: Endpoint) -> Prepa
         raise BatchvidError(
             f"batch {batch!r} in this ledger ran against {row.endpoint}, not {endpoint.name}"
         )
-    return Prepared(batch, Path(row.output_dir), 0, sum(counts.values()), 0)
+    target = output_target(row.output_dir)
+    return _prepared(batch, target, ledger.target, 0, sum(counts.values()))
 
 
 def vars_of(limits: Limits) -> dict[str, Any]:
@@ -266,6 +302,10 @@ async def run_batch(
     reports: list[RunReport] = []
     errors: list[BatchvidError] = []
     try:
+        store = None
+        if prepared.store is not None:  # a store that cannot be used: before anything is paid
+            store = S3Outputs(prepared.store)
+            await store.check()
         if port.shared:
             joined = clock()
             worker = await port.call(
@@ -280,7 +320,14 @@ async def run_batch(
             if isinstance(limiter, SharedRateLimiter):
                 tg.start_soon(limiter.share_penalties)
             runner = Runner(
-                port, client, prepared.batch, prepared.output_dir, options, clock=clock, lease=lease
+                port,
+                client,
+                prepared.batch,
+                prepared.output_dir,
+                options,
+                clock=clock,
+                lease=lease,
+                store=store,
             )
             if on_runner is not None:
                 on_runner(runner)

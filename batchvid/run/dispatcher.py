@@ -54,6 +54,7 @@ from ..errors import LedgerBusy, LedgerError
 from ..ledger.port import RunLedger
 from ..ledger.rows import JobRow
 from ..ledger.submits import Admission
+from ..outputs import S3Outputs
 from ..remote.client import CometClient
 from ..states import ACTIVE_STATES, JobState
 from .clock import SteadyClock
@@ -88,7 +89,9 @@ LEASE_LOST: Final = (
 class Runner:
     """Runs one batch that is already in the ledger; see the module docstring.
 
-    ``lease``: this worker's lease, on a shared ledger (the run keeps it alive).
+    ``lease``: this worker's lease, on a shared ledger (the run keeps it alive);
+    ``store``: where the videos go when that is a store (``output_dir`` is then the
+    spool, see :mod:`batchvid.run.keep`).
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class Runner:
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
         lease: Lease | None = None,
+        store: S3Outputs | None = None,
     ) -> None:
         clock = clock or SteadyClock()
         self.ledger = ledger
@@ -115,9 +119,8 @@ class Runner:
         self._record.lease = lease
         if ledger.shared:
             self._record.admission = Admission(batch, options.max_active, options.budget_usd)
-        self._steps = Steps(
-            ledger, Workers(client, probe=options.probe), self._record, output_dir, clock
-        )
+        workers = Workers(client, probe=options.probe)
+        self._steps = Steps(ledger, workers, self._record, output_dir, clock, store)
         self._lease = lease
         self._tally = self._record.tally
         self._faults = self._record.faults
@@ -198,7 +201,7 @@ class Runner:
         report = RunReport(
             batch=self.batch,
             counts={},
-            output_dir=self.output_dir,
+            output_dir=self._steps.videos_at,
             elapsed_s=self._clock() - self._started,
             interrupted=self._stopping,
             recovered_in_doubt=recovered,
@@ -266,7 +269,7 @@ class Runner:
         cap = self.options.concurrency
         busy = self._busy
         room = cap - len(busy["download"])  # downloads go to the CDN: slots of their own
-        if room > 0 and self.options.download and not self._faults.disk.paused(now):
+        if room > 0 and self.options.download and not self._faults.downloads_paused(now):
             await self._start_downloads(tg, room, now)
         free = cap - len(busy["poll"]) - len(busy["submit"])
         if free > 0:
@@ -285,7 +288,7 @@ class Runner:
     def _pauses(self, now: float) -> list[float]:
         """When the pauses of this run end: of submissions, the full disk, and (creates
         waiting for this worker's lease to be renewed) the next heartbeat."""
-        times = [self._record.pause.until, self._faults.disk.until]
+        times = [self._record.pause.until, self._faults.disk.until, self._faults.store.until]
         if self._lease is not None and not self._lease.may_create(now):
             times.append(now + self._lease.every)
         return times

@@ -85,7 +85,8 @@ class RunReport:
 
     batch: str
     counts: dict[str, int]
-    output_dir: Path
+    #: Where the videos are: a folder, or an ``s3://`` URI.
+    output_dir: Path | str
     elapsed_s: float
     interrupted: bool = False
     recovered_in_doubt: int = 0

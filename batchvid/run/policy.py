@@ -34,6 +34,7 @@ __all__ = [
     "FAULT_BACKOFF",
     "LEDGER_BUSY_PATIENCE_S",
     "MAX_SUBMIT_PAUSE_S",
+    "STORE_DOWN_PATIENCE_S",
     "SUBMIT_BACKOFF",
     "WATCH_EVERY_S",
     "WATCH_FOR_S",
@@ -57,6 +58,9 @@ FAULT_BACKOFF: Final = RetryPolicy(wait_initial=5.0, wait_max=60.0, wait_jitter=
 DISK_FULL_PATIENCE_S: Final = 600.0
 #: How long another program may hold the ledger's write lock before the run stops.
 LEDGER_BUSY_PATIENCE_S: Final = 300.0
+#: How long the videos' store may stay out of reach before the run stops (downloads
+#: wait meanwhile; the videos are safe upstream, their signed URLs refreshed as needed).
+STORE_DOWN_PATIENCE_S: Final = 600.0
 #: An automatic new attempt waits 30 s, 60 s ... up to 10 minutes (by the job's
 #: automatic retries so far), +0-15 s: a broken upstream is not hammered.
 ATTEMPT_BACKOFF: Final = RetryPolicy(wait_initial=30.0, wait_max=600.0, wait_jitter=15.0)

@@ -13,6 +13,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from ..errors import ApiError, AuthError, LedgerError, RetryableError, ServiceRefused
@@ -29,6 +30,7 @@ from .options import RunOptions
 from .policy import (
     DISK_FULL_PATIENCE_S,
     LEDGER_BUSY_PATIENCE_S,
+    STORE_DOWN_PATIENCE_S,
     AttemptPolicy,
     Budget,
     DownloadRetries,
@@ -83,30 +85,46 @@ class Faults:
     disk: FaultPause = field(default_factory=lambda: FaultPause(DISK_FULL_PATIENCE_S))
     #: Another program holds the ledger's write lock: all new work waits.
     ledger_busy: FaultPause = field(default_factory=lambda: FaultPause(LEDGER_BUSY_PATIENCE_S))
+    #: The store the videos go to does not answer: downloads wait.
+    store: FaultPause = field(default_factory=lambda: FaultPause(STORE_DOWN_PATIENCE_S))
 
     @classmethod
     def scaled(cls, scale: float) -> Faults:
         return cls(
             FaultPause(DISK_FULL_PATIENCE_S, scale=scale),
             FaultPause(LEDGER_BUSY_PATIENCE_S, scale=scale),
+            FaultPause(STORE_DOWN_PATIENCE_S, scale=scale),
+        )
+
+    def downloads_paused(self, now: float) -> bool:
+        """Whether downloads wait: the disk (or spool) is full, or the store is down."""
+        return self.disk.paused(now) or self.store.paused(now)
+
+    def store_down(self, tally: Tally, now: float, reason: str) -> None:
+        """The store did not answer: downloads wait; the run stops if it lasts."""
+        _waits(
+            self.store,
+            tally,
+            now,
+            f"the store the videos go to does not answer ({reason}): downloads wait",
+            lambda lasted: (
+                f"the store the videos go to has not answered for {lasted} "
+                f"({reason}): stopped, nothing marked failed; run again once it answers"
+            ),
         )
 
     def disk_full(self, tally: Tally, now: float, reason: str) -> None:
         """No space for a video: downloads and new creates wait; the run stops if it lasts."""
-        disk = self.disk
-        first = disk.since is None
-        until = disk.hit(now)
-        if disk.outlasted(now):
-            lasted = span((now - (disk.since or now)) / disk.scale)
-            tally.halt = (
+        _waits(
+            self.disk,
+            tally,
+            now,
+            f"the disk holding the videos is full ({reason}): downloads and new submissions wait",
+            lambda lasted: (
                 f"the disk holding the videos has been full for {lasted} ({reason}): "
                 "stopped, nothing marked failed; free some space and run again"
-            )
-        elif first:
-            tally.failures.append(
-                f"the disk holding the videos is full ({reason}): downloads and new "
-                f"submissions wait, looking again in {span((until - now) / disk.scale)}"
-            )
+            ),
+        )
 
     def ledger_was_busy(self, tally: Tally, now: float, error: LedgerError) -> None:
         """Another program held the ledger's lock: all new work waits, then tries again."""
@@ -117,6 +135,20 @@ class Faults:
             tally.halt = f"the ledger stayed locked by another program ({error}): stopped"
         elif first:
             tally.failures.append(f"{error}; waiting for it")
+
+
+def _waits(
+    pause: FaultPause, tally: Tally, now: float, first: str, halt: Callable[[str], str]
+) -> None:
+    """One more hit of a fault that makes work wait: ``first`` is said once (with when it
+    looks again); once the fault has outlasted its patience the run stops with
+    ``halt(how long it lasted)``."""
+    new = pause.since is None
+    until = pause.hit(now)
+    if pause.outlasted(now):
+        tally.halt = halt(span((now - (pause.since or now)) / pause.scale))
+    elif new:
+        tally.failures.append(f"{first}, looking again in {span((until - now) / pause.scale)}")
 
 
 @dataclass(slots=True)
@@ -337,22 +369,12 @@ class Recorder:
         """
         if outcome.kind == "disk_full":
             self.faults.disk_full(self.tally, self.clock(), outcome.reason)
-        elif outcome.kind == "fetched" and outcome.result is not None:
-            result = outcome.result
+        elif outcome.kind == "store_down":
+            self.faults.store_down(self.tally, self.clock(), outcome.reason)
+        elif outcome.kind == "fetched" and (outcome.result or outcome.stored) is not None:
             self.faults.disk.clear()
-            await self.ledger.call(
-                self.ledger.moves.record_downloaded,
-                job.id,
-                str(result.path),
-                result.size,
-                result.sha256,
-                refreshes=result.refreshes,
-                facts=outcome.facts,
-                normalised=None
-                if outcome.facts is None
-                else mismatch(job.model, job.size, job.resolution, job.seconds, outcome.facts),
-                poster=outcome.poster,
-            )
+            self.faults.store.clear()
+            await self._record_video(job, outcome)
             self.tally.finished += 1
         elif outcome.kind == "vanished":
             await self._ended(job, "vanished", "task_not_exist", outcome.reason, keep=True)
@@ -379,3 +401,31 @@ class Recorder:
             if retry_at is None:
                 tries = self.downloads.tries[job.id]
                 self.tally.note(job, f"download failed {tries} times: {outcome.reason}")
+
+    async def _record_video(self, job: JobRow, outcome: DownloadOutcome) -> None:
+        """A video in place: a file in the output folder, or an object in the store."""
+        result, stored, facts = outcome.result, outcome.stored, outcome.facts
+        normalised = (
+            None
+            if facts is None
+            else mismatch(job.model, job.size, job.resolution, job.seconds, facts)
+        )
+        if stored is not None:
+            where, size, sha256 = stored.uri, stored.size, stored.sha256
+            poster: str | Path | None = stored.poster_uri
+        else:
+            assert result is not None
+            where, size, sha256 = str(result.path), result.size, result.sha256
+            poster = outcome.poster
+        await self.ledger.call(
+            self.ledger.moves.record_downloaded,
+            job.id,
+            where,
+            size,
+            sha256,
+            refreshes=result.refreshes if result is not None else 0,
+            facts=facts,
+            normalised=normalised,
+            poster=poster,
+            etag=stored.etag if stored is not None else None,
+        )

@@ -20,8 +20,10 @@ import anyio
 from ..errors import AuthError, LedgerBusy, LedgerFull, LostClaim, ServiceRefused
 from ..ledger.port import RunLedger
 from ..ledger.rows import JobRow
+from ..outputs import S3Outputs
 from .creates import Creates
 from .files import job_filename, safe_destination
+from .keep import Keeper
 from .poll_policy import Combo
 from .record import Recorder, combo_of
 from .workers import Workers
@@ -43,9 +45,15 @@ class Steps:
         record: Recorder,
         output_dir: Path,
         clock: Callable[[], float],
+        store: S3Outputs | None = None,
     ) -> None:
         self._ledger = ledger
         self._workers = workers
+        # With a store (``s3://``) ``output_dir`` is the spool: the keeper puts videos away.
+        keeper = Keeper(store, workers, output_dir) if store is not None else None
+        self._fetch = keeper.download if keeper is not None else workers.download
+        #: Where the videos are, for people: the folder, or the store's URI.
+        self.videos_at: Path | str = store.target.uri if store is not None else output_dir
         self._record = record
         self._creates = Creates(record)
         self._output_dir = output_dir
@@ -65,7 +73,7 @@ class Steps:
                 await self._record.polled(job, await self._workers.poll(job), asked_at)
             else:
                 dest = destination(self._output_dir, job)
-                await self._record.downloaded(job, await self._workers.download(job, dest))
+                await self._record.downloaded(job, await self._fetch(job, dest))
         except (AuthError, ServiceRefused) as exc:
             tally.stop_everything(exc)
         except LostClaim as exc:  # another worker has it now (this one's lease had ended)

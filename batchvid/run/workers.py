@@ -35,6 +35,7 @@ from ..errors import (
 )
 from ..ledger.rows import JobRow
 from ..media import POSTER_WIDTH, Inspection, inspect, poster_path, save_poster
+from ..outputs import Stored
 from ..remote.client import CometClient
 from ..remote.download import DownloadResult
 from ..remote.protocol import Task, TaskStatus
@@ -112,16 +113,19 @@ class PollOutcome:
 @dataclass(frozen=True, slots=True)
 class DownloadOutcome:
     """How a download try ended: ``fetched`` (``result``; ``facts`` and ``poster`` when
-    probed), ``vanished`` (``reason``), ``failed`` (``reason``; ``fresh_url``: a signed
-    URL a refresh gave meanwhile), ``undecodable`` (the file arrived whole but is no
-    video: ``reason``), or ``disk_full`` (nothing wrong with the video: no space)."""
+    probed; ``stored``: the object it went to, for a store), ``vanished`` (``reason``),
+    ``failed`` (``reason``; ``fresh_url``: a signed URL a refresh gave meanwhile),
+    ``undecodable`` (the file arrived whole but is no video: ``reason``), ``disk_full``
+    (nothing wrong with the video: no space), or ``store_down`` (nothing wrong with it:
+    the store did not answer)."""
 
-    kind: Literal["fetched", "vanished", "failed", "undecodable", "disk_full"]
+    kind: Literal["fetched", "vanished", "failed", "undecodable", "disk_full", "store_down"]
     result: DownloadResult | None = None
     reason: str = ""
     fresh_url: str | None = None
     facts: VideoFacts | None = None
     poster: Path | None = None
+    stored: Stored | None = None
 
 
 class Workers:

@@ -110,6 +110,7 @@ def test_migrations_apply_once_and_reopening_keeps_data(path: Path, clock: Clock
         ("batchvid", "m006_retries"),
         ("batchvid", "m007_video_facts"),
         ("batchvid", "m008_workers"),
+        ("batchvid", "m009_object_etag"),
     ]
 
 

@@ -1,0 +1,187 @@
+"""An S3-compatible store through obstore: check, conditional put, find, links, reads.
+
+Configuration is the standard AWS environment, read by obstore itself:
+``AWS_ENDPOINT_URL`` (MinIO, R2, B2, a local server), ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, and
+``AWS_ALLOW_HTTP=true`` for an ``http://`` endpoint.  Nothing here prints.
+
+Every video goes up with a conditional put (``If-None-Match: *``): a name that
+holds an object already is never replaced (:class:`Taken`).  The store's
+errors become batchvid's: a bucket that does not exist or credentials it
+refuses are :class:`~batchvid.errors.OutputError` (exit 2); a store that does
+not answer is :class:`~batchvid.errors.StoreUnreachable` (videos wait).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from ..errors import OutputError, StoreUnreachable
+from .target import OutputTarget
+
+if TYPE_CHECKING:
+    from obstore.store import S3Store
+
+__all__ = ["LINK_LIFETIME", "S3Outputs", "Taken"]
+
+#: How long a report's presigned links last: SigV4's longest (seven days).
+LINK_LIFETIME: Final = timedelta(days=7)
+#: A request that takes longer than this has failed (a video of tens of MB included).
+REQUEST_TIMEOUT: Final = "120s"
+_CODE: Final = re.compile(r"<Code>([A-Za-z]+)</Code>")
+_REFUSED: Final = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "AllAccessDisabled",
+        "Unauthorized",
+    }
+)
+
+
+class Taken(Exception):
+    """The name holds an object already: nothing was written."""
+
+
+class S3Outputs:
+    """One bucket and prefix of an S3-compatible store (see the module docstring)."""
+
+    def __init__(self, target: OutputTarget) -> None:
+        assert target.bucket is not None
+        try:
+            from obstore.store import S3Store
+        except ImportError:  # pragma: no cover - the dev install has it
+            raise OutputError(
+                f"{target.uri}: writing videos to a store needs obstore: pip install 'batchvid[s3]'"
+            ) from None
+        self.target = target
+        self.where = os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        try:
+            self._store: S3Store = S3Store(
+                target.bucket,
+                prefix=target.prefix or None,
+                # Given here, these replace what obstore reads from the environment's
+                # client settings: AWS_ALLOW_HTTP must be passed on by hand.
+                client_options={
+                    "timeout": REQUEST_TIMEOUT,
+                    "connect_timeout": "10s",
+                    "allow_http": os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true"),
+                },
+                retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=60)},
+            )
+        except Exception as exc:  # obstore's configuration errors (a bad endpoint, say)
+            raise OutputError(f"{target.uri}: the store cannot be set up: {exc}") from None
+
+    async def check(self) -> None:
+        """The bucket exists and takes these credentials: list one name under the prefix.
+        Raises OutputError (or StoreUnreachable) saying which, before anything is paid."""
+        import obstore
+
+        try:
+            await obstore.list(self._store, chunk_size=1).__anext__()
+        except StopAsyncIteration:
+            return
+        except Exception as exc:
+            raise self._error(exc, "cannot be used") from None
+
+    async def find(self, name: str) -> tuple[dict[str, str], dict[str, Any]] | None:
+        """The object ``name``'s metadata and facts (size, ETag), or ``None`` if none."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        try:
+            result = await obstore.get_async(self._store, name, options={"head": True})
+        except (NotFoundError, FileNotFoundError):
+            return None
+        except Exception as exc:
+            raise self._error(exc, f"did not say whether {name} exists") from None
+        return dict(result.attributes), dict(result.meta)
+
+    async def put_new(self, name: str, file: Path, attributes: Mapping[str, str]) -> str | None:
+        """Upload ``file`` as ``name`` unless the name holds an object (:class:`Taken`);
+        the new object's ETag."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        try:
+            put = await obstore.put_async(
+                self._store, name, file, mode="create", attributes=dict(attributes)
+            )
+        except (AlreadyExistsError, PreconditionError, FileExistsError):
+            raise Taken(name) from None
+        except Exception as exc:
+            raise self._error(exc, f"did not take {name}") from None
+        return put.get("e_tag")
+
+    async def read(self, name: str) -> bytes:
+        """The bytes of a small object (a poster)."""
+        import obstore
+
+        try:
+            result = await obstore.get_async(self._store, name)
+            return bytes(await result.bytes_async())
+        except Exception as exc:
+            raise self._error(exc, f"did not give {name}") from None
+
+    def presigned(self, uris: Iterable[str], lifetime: timedelta = LINK_LIFETIME) -> dict[str, str]:
+        """Presigned GET links to the objects ``uris`` name under this prefix, valid for
+        ``lifetime`` (signed here: no request is made)."""
+        import obstore
+
+        names = {uri: name for uri in uris if (name := self.name_of(uri)) is not None}
+        if not names:
+            return {}
+        urls = obstore.sign(self._store, "GET", list(names.values()), lifetime)
+        return dict(zip(names, urls, strict=True))
+
+    async def read_all(self, uris: Iterable[str], *, at_once: int = 16) -> dict[str, bytes]:
+        """The bytes of small objects (posters), by URI; those that cannot be read are
+        left out (a contact sheet shows a grey tile)."""
+        found: dict[str, bytes] = {}
+        gate = anyio.Semaphore(at_once)
+
+        async def one(uri: str, name: str) -> None:
+            async with gate:
+                with contextlib.suppress(OutputError):
+                    found[uri] = await self.read(name)
+
+        async with anyio.create_task_group() as tg:
+            for uri in dict.fromkeys(uris):
+                name = self.name_of(uri)
+                if name is not None:
+                    tg.start_soon(one, uri, name)
+        return found
+
+    def name_of(self, uri: str) -> str | None:
+        """The object name under this prefix that ``uri`` points at (``None``: elsewhere)."""
+        head = self.target.uri.rstrip("/") + "/"
+        return uri[len(head) :] if uri.startswith(head) else None
+
+    def _error(self, exc: Exception, what: str) -> OutputError:
+        text = str(exc)
+        found = _CODE.search(text)
+        code = found.group(1) if found else ""
+        where = f"{self.target.uri} ({self.where})"
+        if code == "NoSuchBucket":
+            return OutputError(f"{where}: the bucket {self.target.bucket!r} does not exist")
+        if code in _REFUSED or type(exc).__name__ in (
+            "PermissionDeniedError",
+            "UnauthenticatedError",
+        ):
+            return OutputError(
+                f"{where}: the store refused the credentials ({code or type(exc).__name__}); "
+                "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION"
+            )
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return StoreUnreachable(f"{where} {what}: {first[:300]}")
