@@ -24,7 +24,7 @@
     │   ├── DiskFull           no space left for the video: nothing wrong with it
     │   └── Undecodable        the bytes arrived whole but are not a playable video
     └── OutputError            the videos' store cannot be used (scheme, bucket, credentials)
-        └── StoreUnreachable   the store did not answer: videos wait, nothing is wrong with them
+        └── StoreUnreachable   the store did not answer: videos wait upstream, nothing wrong
 
 The library raises only these (``raise ... from exc`` at every boundary); the
 CLI turns them into messages and exit codes in one place.  No exception ever
@@ -246,4 +246,4 @@ class OutputError(BatchvidError):
 
 
 class StoreUnreachable(OutputError):
-    """The videos' store did not answer (network, 5xx): the videos wait in the spool."""
+    """The videos' store did not answer (network, 5xx): the videos wait upstream."""

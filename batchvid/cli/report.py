@@ -143,7 +143,10 @@ def report(batch: str | None, ledger: str | None, fmt: str, output: str | None) 
         output = str(_beside_videos(data, store, HTML_NAME))
     links = None
     if store is not None and fmt == "html":
-        links = store.presigned(_stored_uris(data))
+        try:
+            links = store.presigned(_stored_uris(data))
+        except OutputError as exc:  # no credentials to sign with, say
+            raise ReportUsageError(str(exc)) from exc
     if output is None or output == "-":
         click.echo(render(data, fmt, links=links), nl=False)
         return
@@ -182,7 +185,7 @@ def _beside_videos(data: ReportData, store: S3Outputs | None, name: str) -> Path
 def _stored_uris(data: ReportData, *, videos: bool = True) -> list[str]:
     """The ``s3://`` URIs of the batch's videos (if ``videos``) and posters."""
     found = []
-    for job in data.jobs:
+    for job in (*data.jobs, *data.extras):
         for path in (job.file_path if videos else None, job.poster_path):
             if path and path.startswith("s3://"):
                 found.append(path)

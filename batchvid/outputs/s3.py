@@ -34,8 +34,10 @@ __all__ = ["LINK_LIFETIME", "S3Outputs", "Taken"]
 
 #: How long a report's presigned links last: SigV4's longest (seven days).
 LINK_LIFETIME: Final = timedelta(days=7)
+#: The longest :meth:`S3Outputs.read_all` waits for every poster of a contact sheet.
+READ_ALL_WITHIN_S: Final = 120.0
 #: A request that takes longer than this has failed (a video of tens of MB included).
-REQUEST_TIMEOUT: Final = "120s"
+REQUEST_TIMEOUT: Final = "300s"
 _CODE: Final = re.compile(r"<Code>([A-Za-z]+)</Code>")
 _REFUSED: Final = frozenset(
     {
@@ -47,6 +49,12 @@ _REFUSED: Final = frozenset(
         "AllAccessDisabled",
         "Unauthorized",
     }
+)
+
+
+#: Error codes an S3 server answers when trying again later may work.
+_TRANSIENT: Final = frozenset(
+    {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed"}
 )
 
 
@@ -120,6 +128,10 @@ class S3Outputs:
             )
         except (AlreadyExistsError, PreconditionError, FileExistsError):
             raise Taken(name) from None
+        except OSError as exc:
+            if not file.exists():  # the local file, not the store: the caller's to handle
+                raise
+            raise self._error(exc, f"did not take {name}") from None
         except Exception as exc:
             raise self._error(exc, f"did not take {name}") from None
         return put.get("e_tag")
@@ -142,7 +154,10 @@ class S3Outputs:
         names = {uri: name for uri in uris if (name := self.name_of(uri)) is not None}
         if not names:
             return {}
-        urls = obstore.sign(self._store, "GET", list(names.values()), lifetime)
+        try:
+            urls = obstore.sign(self._store, "GET", list(names.values()), lifetime)
+        except Exception as exc:  # no credentials to sign with, say
+            raise OutputError(f"{self.target.uri}: cannot sign links to it: {exc}") from None
         return dict(zip(names, urls, strict=True))
 
     async def read_all(self, uris: Iterable[str], *, at_once: int = 16) -> dict[str, bytes]:
@@ -156,12 +171,13 @@ class S3Outputs:
                 with contextlib.suppress(OutputError):
                     found[uri] = await self.read(name)
 
-        async with anyio.create_task_group() as tg:
-            for uri in dict.fromkeys(uris):
-                name = self.name_of(uri)
-                if name is not None:
-                    tg.start_soon(one, uri, name)
-        return found
+        with anyio.move_on_after(READ_ALL_WITHIN_S):  # a store that never answers: grey tiles
+            async with anyio.create_task_group() as tg:
+                for uri in dict.fromkeys(uris):
+                    name = self.name_of(uri)
+                    if name is not None:
+                        tg.start_soon(one, uri, name)
+        return dict(found)
 
     def name_of(self, uri: str) -> str | None:
         """The object name under this prefix that ``uri`` points at (``None``: elsewhere)."""
@@ -184,4 +200,10 @@ class S3Outputs:
                 "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION"
             )
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        if (code and code not in _TRANSIENT) or type(exc).__name__ in (
+            "NotSupportedError",
+            "InvalidPathError",
+            "UnknownConfigurationKeyError",
+        ):  # an answer, and a refusal: waiting will not change it
+            return OutputError(f"{where} {what}: the store refused ({code or first[:300]})")
         return StoreUnreachable(f"{where} {what}: {first[:300]}")

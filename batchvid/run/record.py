@@ -371,6 +371,11 @@ class Recorder:
             self.faults.disk_full(self.tally, self.clock(), outcome.reason)
         elif outcome.kind == "store_down":
             self.faults.store_down(self.tally, self.clock(), outcome.reason)
+        elif outcome.kind == "store_refused":  # no video could be kept: none more is bought
+            self.tally.halt = self.tally.halt or (
+                f"{outcome.reason}: stopped, nothing marked failed; run again once the "
+                "store takes videos"
+            )
         elif outcome.kind == "fetched" and (outcome.result or outcome.stored) is not None:
             self.faults.disk.clear()
             self.faults.store.clear()

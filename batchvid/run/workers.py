@@ -116,10 +116,13 @@ class DownloadOutcome:
     probed; ``stored``: the object it went to, for a store), ``vanished`` (``reason``),
     ``failed`` (``reason``; ``fresh_url``: a signed URL a refresh gave meanwhile),
     ``undecodable`` (the file arrived whole but is no video: ``reason``), ``disk_full``
-    (nothing wrong with the video: no space), or ``store_down`` (nothing wrong with it:
-    the store did not answer)."""
+    (nothing wrong with the video: no space), ``store_down`` (nothing wrong with it:
+    the store did not answer), or ``store_refused`` (the store will not take videos:
+    the run stops)."""
 
-    kind: Literal["fetched", "vanished", "failed", "undecodable", "disk_full", "store_down"]
+    kind: Literal[
+        "fetched", "vanished", "failed", "undecodable", "disk_full", "store_down", "store_refused"
+    ]
     result: DownloadResult | None = None
     reason: str = ""
     fresh_url: str | None = None

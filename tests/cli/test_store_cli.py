@@ -136,14 +136,21 @@ def test_kills_at_any_moment_leave_every_video_in_the_store_once(
             process.wait()
             kills += 1
         last = batchvid(tmp_path, *args[3:], env=env)
-        assert last.returncode == 0, last.stderr
+        assert last.returncode in (0, 1), last.stdout + last.stderr
         stats = sim.stats()
     assert kills >= 3
     objects = look()
     videos = [k for k in objects if not k.startswith("k/posters/")]
-    assert len(videos) == 20 and stats["creates"] == 20 and stats["duplicate_creates"] == 0
     with sqlite3.connect(ledger) as conn:
-        recorded = dict(conn.execute("SELECT file_path, object_etag FROM jobs"))
+        states = dict(conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"))
+        recorded = dict(
+            conn.execute("SELECT file_path, object_etag FROM jobs WHERE state = 'downloaded'")
+        )
     conn.close()
+    # A kill that fell mid-create leaves that job in doubt (never resent): the only other end.
+    in_doubt = states.get("in_doubt", 0)
+    assert states.get("downloaded", 0) == 20 - in_doubt and (last.returncode == 1) == (in_doubt > 0)
+    assert len(videos) == 20 - in_doubt and stats["duplicate_creates"] == 0
+    assert 20 - in_doubt <= stats["creates"] <= 20
     assert recorded == {f"s3://{s3_bucket}/{k}": objects[k] for k in videos}
-    assert not [p for p in (tmp_path / "spool").rglob("*.mp4")]  # nothing left behind
+    assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]  # nothing left

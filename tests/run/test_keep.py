@@ -183,3 +183,21 @@ async def test_a_bucket_that_does_not_exist_stops_the_run_before_anything_is_pai
         await run_to(tmp_path, sim, "s3://bv-nobody-made-this/night")
     assert sim.stats()["creates"] == 0
     assert {j["state"] for j in rows(tmp_path)} == {"pending"}
+
+
+async def test_a_store_that_refuses_mid_run_stops_it_rather_than_buy_videos_it_cannot_keep(
+    tmp_path: Path, sim: Simulator, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bucket is gone after the run's check (deleted, or the key's rights taken
+    away): the first video that cannot be kept stops the run, nothing marked failed,
+    nothing left in the spool."""
+
+    async def answered(self: S3Outputs) -> None:
+        return None
+
+    monkeypatch.setattr(S3Outputs, "check", answered)
+    report = await run_to(tmp_path, sim, "s3://bv-gone-after-the-check/night")
+    assert report.halted and "does not exist" in report.halted
+    assert "failed" not in {j["state"] for j in rows(tmp_path)}
+    assert not report.counts.get("downloaded")
+    assert spooled(tmp_path) == []
