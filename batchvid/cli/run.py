@@ -93,7 +93,7 @@ stopped the run; 2 invalid manifest, usage, a damaged ledger, or a store
 Videos in an S3-compatible store (output_dir or --output-dir s3://BUCKET/PREFIX):
 each is fetched to a local spool, checked, and put with a conditional put that
 never replaces an object; posters go to PREFIX/posters/. A store that stops
-answering pauses downloads (stopping after 10 minutes).
+answering pauses downloads and new creates (stopping after 10 minutes).
 
 \b
 Many workers, one batch: with --ledger postgresql://... (or BATCHVID_LEDGER)

@@ -294,9 +294,9 @@ class Runner:
         return times
 
     def _may_submit(self, now: float) -> bool:
-        # While the disk is full, buying more videos that cannot be kept would be waste:
-        # no new create until a download gets through again.
-        full = self._faults.disk.since is not None
+        # While the disk is full (or the store is down), buying more videos that cannot be
+        # kept would be waste: no new create until a download gets through again.
+        full = self._faults.disk.since is not None or self._faults.store.since is not None
         lease = self._lease is None or self._lease.may_create(now)
         return self._may_submit_ever() and lease and not self._record.pause.paused(now) and not full
 

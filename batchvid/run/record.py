@@ -85,7 +85,7 @@ class Faults:
     disk: FaultPause = field(default_factory=lambda: FaultPause(DISK_FULL_PATIENCE_S))
     #: Another program holds the ledger's write lock: all new work waits.
     ledger_busy: FaultPause = field(default_factory=lambda: FaultPause(LEDGER_BUSY_PATIENCE_S))
-    #: The store the videos go to does not answer: downloads wait.
+    #: The store the videos go to does not answer: downloads and new creates wait.
     store: FaultPause = field(default_factory=lambda: FaultPause(STORE_DOWN_PATIENCE_S))
 
     @classmethod
@@ -106,7 +106,8 @@ class Faults:
             self.store,
             tally,
             now,
-            f"the store the videos go to does not answer ({reason}): downloads wait",
+            f"the store the videos go to does not answer ({reason}): downloads and new "
+            "submissions wait",
             lambda lasted: (
                 f"the store the videos go to has not answered for {lasted} "
                 f"({reason}): stopped, nothing marked failed; run again once it answers"
