@@ -6,7 +6,10 @@ Configuration is the standard AWS environment, read by obstore itself:
 ``AWS_ALLOW_HTTP=true`` for an ``http://`` endpoint.  Nothing here prints.
 
 Every video goes up with a conditional put (``If-None-Match: *``): a name that
-holds an object already is never replaced (:class:`Taken`).  The store's
+holds an object already is never replaced (:class:`Taken`).  One over
+:data:`SINGLE_PUT_MAX` streams in parts to a staging name and is copied into
+place by a copy that completes only if the name holds nothing, its metadata
+kept beside it (such a copy drops it).  The store's
 errors become batchvid's: a bucket that does not exist or credentials it
 refuses are :class:`~batchvid.errors.OutputError` (exit 2); a store that does
 not answer is :class:`~batchvid.errors.StoreUnreachable` (videos wait).
@@ -15,14 +18,17 @@ not answer is :class:`~batchvid.errors.StoreUnreachable` (videos wait).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import anyio.to_thread
 
 from ..errors import OutputError, StoreUnreachable
 from .target import OutputTarget
@@ -52,6 +58,21 @@ _REFUSED: Final = frozenset(
 )
 
 
+#: Videos up to this size go up in one conditional PutObject (obstore holds it in memory
+#: while it is sent).  Larger ones stream in parts to a staging name and are copied into
+#: place only if the name holds nothing (a multipart copy whose completion carries
+#: ``If-None-Match: *``); their metadata, which such a copy drops, waits beside them.
+SINGLE_PUT_MAX: Final = 64 * 1024 * 1024
+#: The part size of those uploads (S3's least is 5 MiB; the last part may be smaller).
+PART_SIZE: Final = 8 * 1024 * 1024
+#: Where large videos are staged, and where their metadata is kept (under the prefix).
+STAGING: Final = ".batchvid/incoming"
+PROOFS: Final = ".batchvid/proofs"
+#: The attributes every object has; any other is metadata of batchvid's own.
+_STANDARD: Final = frozenset(
+    {"Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language",
+     "Cache-Control", "Storage-Class"}
+)  # fmt: skip
 #: Error codes an S3 server answers when trying again later may work.
 _TRANSIENT: Final = frozenset(
     {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed"}
@@ -87,6 +108,10 @@ class S3Outputs:
                     "allow_http": os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true"),
                 },
                 retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=60)},
+                # How a copy refuses to replace (large videos): S3's own conditional
+                # multipart completion, unless the environment names another way (R2's
+                # header, say).
+                copy_if_not_exists=os.environ.get("AWS_COPY_IF_NOT_EXISTS", "multipart"),
             )
         except Exception as exc:  # obstore's configuration errors (a bad endpoint, say)
             raise OutputError(f"{target.uri}: the store cannot be set up: {exc}") from None
@@ -114,7 +139,24 @@ class S3Outputs:
             return None
         except Exception as exc:
             raise self._error(exc, f"did not say whether {name} exists") from None
-        return dict(result.attributes), dict(result.meta)
+        attributes = dict(result.attributes)
+        if not set(attributes) - _STANDARD:  # none of its own: a large video's wait beside it
+            attributes.update(await self._proof(name) or {})
+        return attributes, dict(result.meta)
+
+    async def _proof(self, name: str) -> dict[str, str] | None:
+        """The metadata kept beside a large video (``None``: none)."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        try:
+            result = await obstore.get_async(self._store, f"{PROOFS}/{name}.json")
+            found = json.loads(bytes(await result.bytes_async()))
+        except (NotFoundError, FileNotFoundError, ValueError):
+            return None
+        except Exception as exc:
+            raise self._error(exc, f"did not give what {name} holds") from None
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else None
 
     async def put_new(self, name: str, file: Path, attributes: Mapping[str, str]) -> str | None:
         """Upload ``file`` as ``name`` unless the name holds an object (:class:`Taken`);
@@ -122,6 +164,8 @@ class S3Outputs:
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
+        if file.stat().st_size > SINGLE_PUT_MAX:
+            return await self._put_large(name, file, attributes)
         try:
             put = await obstore.put_async(
                 self._store, name, file, mode="create", attributes=dict(attributes)
@@ -135,6 +179,45 @@ class S3Outputs:
         except Exception as exc:
             raise self._error(exc, f"did not take {name}") from None
         return put.get("e_tag")
+
+    async def _put_large(self, name: str, file: Path, attributes: Mapping[str, str]) -> str | None:
+        """A large video: its metadata beside it (conditional; the same again is this
+        video's own earlier try), its bytes streamed in parts to a staging name, then
+        copied to ``name`` unless the name holds an object (:class:`Taken`)."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        try:
+            await obstore.put_async(
+                self._store, f"{PROOFS}/{name}.json", json.dumps(dict(attributes)).encode(),
+                mode="create", attributes={"Content-Type": "application/json"},
+            )  # fmt: skip
+        except (AlreadyExistsError, PreconditionError):
+            if await self._proof(name) != dict(attributes):
+                raise Taken(name) from None
+        except Exception as exc:
+            raise self._error(exc, f"did not take what {name} holds") from None
+        staging = f"{STAGING}/{uuid.uuid4().hex}-{PurePosixPath(name).name}"
+        try:
+            writer = obstore.open_writer_async(self._store, staging, buffer_size=PART_SIZE)
+            with file.open("rb") as source:
+                while chunk := await anyio.to_thread.run_sync(source.read, PART_SIZE):
+                    await writer.write(chunk)
+            await writer.close()
+            await obstore.copy_async(self._store, staging, name, overwrite=False)
+        except (AlreadyExistsError, PreconditionError, FileExistsError):
+            raise Taken(name) from None
+        except OSError as exc:
+            if not file.exists():
+                raise
+            raise self._error(exc, f"did not take {name}") from None
+        except Exception as exc:
+            raise self._error(exc, f"did not take {name}") from None
+        finally:
+            with contextlib.suppress(Exception), anyio.CancelScope(shield=True):
+                await obstore.delete_async(self._store, staging)
+        found = await self.find(name)
+        return found[1].get("e_tag") if found else None
 
     async def read(self, name: str) -> bytes:
         """The bytes of a small object (a poster)."""
