@@ -23,6 +23,7 @@ from ..ledger.store import Ledger
 from ..ledger.target import LedgerTarget
 from ..manifest.model import MAX_RETRIES, RETRY_KEYS, Limits, Retries
 from ..manifest.plan import batch_name_of, load_plan
+from ..outputs import S3Outputs
 from ..report.advice import next_steps
 from ..run.batch import (
     DEFAULT_BASE_URL,
@@ -31,6 +32,7 @@ from ..run.batch import (
     batch_lock,
     open_ledger,
     options_for,
+    output_dir_for,
     prepare,
     prepare_resume_only,
     run_batch,
@@ -230,6 +232,9 @@ def run(
         raise  # nothing waits on the API: the CLI group prints every issue, exit 2
     print_issues(plan.warnings)
     options = flags.options(plan.manifest.limits, plan.manifest.budget_usd, plan.manifest.retry)
+    videos = output_dir_for(plan, ledger_path, output_dir)
+    if videos.is_store:  # before the ledger records it as the batch's: a store that works
+        anyio.run(S3Outputs(videos).check)
     with open_ledger(ledger_path, check=True) as store, batch_lock(store, plan.batch):
         prepared = prepare(store, plan, endpoint, output=output_dir)
         _announce(plan.batch, len(plan.jobs), prepared, endpoint, store)
