@@ -234,7 +234,7 @@ def run(
     options = flags.options(plan.manifest.limits, plan.manifest.budget_usd, plan.manifest.retry)
     videos = output_dir_for(plan, ledger_path, output_dir)
     if videos.is_store:  # before the ledger records it as the batch's: a store that works
-        anyio.run(S3Outputs(videos).check)
+        S3Outputs(videos).check()
     with open_ledger(ledger_path, check=True) as store, batch_lock(store, plan.batch):
         prepared = prepare(store, plan, endpoint, output=output_dir)
         _announce(plan.batch, len(plan.jobs), prepared, endpoint, store)

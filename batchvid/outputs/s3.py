@@ -116,15 +116,17 @@ class S3Outputs:
         except Exception as exc:  # obstore's configuration errors (a bad endpoint, say)
             raise OutputError(f"{target.uri}: the store cannot be set up: {exc}") from None
 
-    async def check(self) -> None:
+    def check(self) -> None:
         """The bucket exists and takes these credentials: list one name under the prefix.
-        Raises OutputError (or StoreUnreachable) saying which, before anything is paid."""
+        Raises OutputError (or StoreUnreachable) saying which, before anything is paid.
+
+        Blocking, on purpose: an async listing that fails can leave work of obstore's
+        runtime behind that outlives a short event loop (the process then aborted at
+        exit); a caller in a loop runs this on a worker thread."""
         import obstore
 
         try:
-            await obstore.list(self._store, chunk_size=1).__anext__()
-        except StopAsyncIteration:
-            return
+            next(iter(obstore.list(self._store, chunk_size=1)), None)
         except Exception as exc:
             raise self._error(exc, "cannot be used") from None
 

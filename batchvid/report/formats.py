@@ -222,7 +222,7 @@ def render_csv(data: ReportData) -> str:
     per template variable."""
     extra = template_axes(data.jobs)
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csv.writer(buf, lineterminator="\r\n")  # RFC 4180: a CR in a cell is quoted
     writer.writerow([*CSV_COLUMNS, *(f"axis.{name}" for name in extra)])
     refs, retries = CSV_COLUMNS.index("references"), CSV_COLUMNS.index("auto_retries")
     for job in (*data.jobs, *data.extras):
@@ -234,8 +234,21 @@ def render_csv(data: ReportData) -> str:
         if extra:
             axes = dict(job.axes)
             values += [axes.get(name, "") for name in extra]
-        writer.writerow(values)  # None is written as an empty field
+        writer.writerow([inert(v) for v in values])  # None is written as an empty field
     return buf.getvalue()
+
+
+#: What makes a spreadsheet read a cell as a formula (OWASP's list).
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (``=HYPERLINK(...)`` in a prompt,
+    ``+cmd|...`` in an API's error) made plain text by a leading ``'`` (OWASP's rule);
+    numbers and other text as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def render_json(data: ReportData) -> str:

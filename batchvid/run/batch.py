@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import anyio.to_thread
 
 from ..errors import BatchvidError, LedgerError
 from ..ledger.lock import batch_lock
@@ -305,7 +306,7 @@ async def run_batch(
         store = None
         if prepared.store is not None:  # a store that cannot be used: before anything is paid
             store = S3Outputs(prepared.store)
-            await store.check()
+            await anyio.to_thread.run_sync(store.check)
         if port.shared:
             joined = clock()
             worker = await port.call(

@@ -299,6 +299,23 @@ def test_csv_and_json_keep_awkward_text_intact(ledger: Ledger, clock: Clock) -> 
     assert obj["prompt"] == awkward
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    ['=HYPERLINK("http://x.example","click")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
+     "\t=1", "\r=1"],
+)  # fmt: skip
+def test_csv_cells_a_spreadsheet_would_run_are_plain_text(ledger: Ledger, prompt: str) -> None:
+    """Prompts and the API's words that start like a formula get a leading ``'`` in the
+    CSV (OWASP's rule); JSON keeps them as they are, and numbers stay numbers."""
+    add_batch(ledger, "b", Path("out"))
+    ledger.plans.upsert_jobs("b", [NewJob(key="k", index=1, prompt=prompt, model="m")])
+    data = load_report(ledger, "b")
+    (row,) = list(csv.DictReader(io.StringIO(render_csv(data), newline="")))
+    assert row["prompt"] == "'" + prompt and row["index"] == "1"
+    (obj,) = json.loads(render_json(data))
+    assert obj["prompt"] == prompt
+
+
 def test_json_is_an_array_of_typed_objects(finished: ReportData) -> None:
     objects = json.loads(render_json(finished))
     assert isinstance(objects, list) and len(objects) == 48

@@ -159,7 +159,7 @@ async def test_a_store_that_stops_answering_pauses_downloads_then_stops_the_run(
     """The store goes away after the run's check: downloads wait, then the run stops,
     nothing marked failed and nothing left in the spool; the next run keeps them all."""
 
-    async def answered(self: S3Outputs) -> None:
+    def answered(self: S3Outputs) -> None:
         return None
 
     monkeypatch.setattr(S3Outputs, "check", answered)
@@ -192,7 +192,7 @@ async def test_a_store_that_refuses_mid_run_stops_it_rather_than_buy_videos_it_c
     away): the first video that cannot be kept stops the run, nothing marked failed,
     nothing left in the spool."""
 
-    async def answered(self: S3Outputs) -> None:
+    def answered(self: S3Outputs) -> None:
         return None
 
     monkeypatch.setattr(S3Outputs, "check", answered)
