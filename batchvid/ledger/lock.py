@@ -30,6 +30,10 @@ __all__ = ["batch_lock"]
 #: Where the batch locks sit in the database file: far past every byte SQLite locks
 #: (its own sit at 1 GiB), each batch at its own offset.
 _OFD_BASE: Final = 1 << 62
+#: Descriptors of database files held for batch locks, by path (see :func:`_database_fd`).
+_DATABASE_FDS: dict[str, int] = {}
+#: The batch locks this process holds: (descriptor, offset).
+_HELD: set[tuple[int, int]] = set()
 
 
 @contextlib.contextmanager
@@ -54,33 +58,45 @@ def _file_lock(database: Path, batch: str) -> Iterator[None]:
     far past the bytes SQLite locks): the file's identity, not its name, so a hard
     link, a bind mount or another directory's path to it meet the same lock.  Where
     the system has no such locks (not Linux), or the file cannot be opened for
-    writing, the lock file beside the path is all there is."""
+    writing, the lock file beside the path is all there is.  Released by unlocking,
+    never by closing (see :func:`_database_fd`)."""
     setlk = getattr(fcntl, "F_OFD_SETLK", None)
-    try:
-        fd = os.open(database, os.O_RDWR)
-    except OSError:
-        fd = -1
-    if setlk is None or fd < 0:
-        if fd >= 0:
-            os.close(fd)
+    fd = _database_fd(database) if setlk is not None else None
+    if setlk is None or fd is None:
         yield
         return
     offset = _OFD_BASE + int(hashlib.sha256(batch.encode()).hexdigest()[:12], 16)
-    request = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+    if (fd, offset) in _HELD:  # this process's own lock: one description does not conflict
+        raise LedgerError(f"batch {batch!r} is already being run by this process")
     try:
-        try:
-            fcntl.fcntl(fd, setlk, request)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise LedgerError(
-                f"batch {batch!r} is already being run by another batchvid process, through "
-                f"another path to the same ledger file ({database} is hard-linked, bind-mounted "
-                "or reached another way); wait for it or stop it first"
-            ) from None
+        fcntl.fcntl(fd, setlk, struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        raise LedgerError(
+            f"batch {batch!r} is already being run by another batchvid process, through "
+            f"another path to the same ledger file ({database} is hard-linked, bind-mounted "
+            "or reached another way); wait for it or stop it first"
+        ) from None
+    _HELD.add((fd, offset))
+    try:
         yield
     finally:
-        os.close(fd)  # the lock goes with its open file description
+        _HELD.discard((fd, offset))
+        fcntl.fcntl(fd, setlk, struct.pack("@hhqqi4x", fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0))
+
+
+def _database_fd(database: Path) -> int | None:
+    """This process's descriptor of the database file for batch locks, opened once and
+    never closed: closing any descriptor of a file drops every POSIX lock the process
+    holds on it, SQLite's own included (``None``: it cannot be opened for writing)."""
+    key = str(database)
+    if key not in _DATABASE_FDS:
+        try:
+            _DATABASE_FDS[key] = os.open(database, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return None
+    return _DATABASE_FDS[key]
 
 
 @contextlib.contextmanager
